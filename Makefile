@@ -1,0 +1,36 @@
+# IRKD: `make exp1a`, `make test`. Variables: DATA (CIFAR-10 root), DEVICE (auto, cpu,
+# cuda, mps), QUICK=1 (the few-minute smoke path), ARGS (any --field=value overrides).
+PYTHON ?= python3
+VENV   ?= .venv
+DATA   ?= data
+DEVICE ?= auto
+QUICK  ?= 0
+ARGS   ?=
+
+PY    := $(VENV)/bin/python
+FLAGS := --data=$(DATA) --device=$(DEVICE) $(if $(filter 1 true yes,$(QUICK)),--quick) $(ARGS)
+VARIANTS := exp1a exp1b saliency_p2 small_p4_all kdonly table
+
+.PHONY: setup test list teacher $(VARIANTS)
+
+# The virtual environment, re-made whenever requirements.txt changes.
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest -q tests
+
+list: setup
+	$(PY) experiments.py list
+
+# Every named variant and the whole table, e.g. `make exp1b QUICK=1 ARGS=--seed=1`.
+$(VARIANTS): setup
+	$(PY) experiments.py $@ $(FLAGS)
+
+teacher: setup
+	$(PY) teacher.py $(FLAGS)

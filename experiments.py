@@ -1,0 +1,169 @@
+"""Every experiment of the IRKD study, one command each.
+
+    python experiments.py list
+    python experiments.py exp1a [--quick] [--field=value ...] [--teacher=PATH]
+    python experiments.py table
+
+Each table cell is an irkd.Config built from one base; the paper's Table 1 number
+stands beside it. A named group (small_p4_all, table) runs its cells in order,
+training each teacher once and reusing it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import irkd
+import teacher as teacher_lib
+
+BASE = irkd.Config()
+
+# The paper's Table 1 (CIFAR-10 top-1 %). Setup flags: KD = distillation token + KD
+# loss, CL = the 12 -> 32 px curriculum, Sal = the saliency loss.
+TABLE = [
+    # name                 student  patch  setup        paper
+    ("custom_p4_ce",       "custom", 4,    "CE",        66.85),
+    ("custom_p4_cl",       "custom", 4,    "CL",        74.89),
+    ("custom_p4_kd",       "custom", 4,    "KD",        76.70),
+    ("exp1a",              "custom", 4,    "KD+CL",     77.12),
+    ("exp1b",              "custom", 4,    "KD+CL+Sal", 78.72),
+    ("kdonly",             "tiny",   2,    "KD",        82.28),
+    ("tiny_p2_kd_cl",      "tiny",   2,    "KD+CL",     79.92),
+    ("saliency_p2",        "tiny",   2,    "KD+CL+Sal", 81.67),
+    ("tiny_p4_ce",         "tiny",   4,    "CE",        74.00),
+    ("tiny_p4_cl",         "tiny",   4,    "CL",        79.67),
+    ("tiny_p4_kd",         "tiny",   4,    "KD",        81.35),
+    ("tiny_p4_kd_cl",      "tiny",   4,    "KD+CL",     83.29),
+    ("tiny_p4_kd_cl_sal",  "tiny",   4,    "KD+CL+Sal", 84.29),
+]
+TEACHERS = [("teacher_small_p4", 4, 86.00), ("teacher_small_p2", 2, 82.95)]
+
+
+def cell(name: str, student: str, patch: int, setup: str) -> irkd.Config:
+    flags = setup.split("+")
+    return dataclasses.replace(BASE, name=name, model=student, patch_size=patch,
+                               kd="KD" in flags, cl="CL" in flags, sal="Sal" in flags)
+
+
+EXPERIMENTS = {name: cell(name, s, p, setup) for name, s, p, setup, _ in TABLE}
+EXPERIMENTS.update({name: teacher_lib.teacher_config(patch) for name, patch, _ in TEACHERS})
+PAPER = {row[0]: row[-1] for row in TABLE} | {name: acc for name, _, acc in TEACHERS}
+SETUP = {name: setup for name, _, _, setup, _ in TABLE} | {name: "teacher" for name, _, _ in TEACHERS}
+GROUPS = {
+    "small_p4_all": ["tiny_p4_ce", "tiny_p4_cl", "tiny_p4_kd", "tiny_p4_kd_cl", "tiny_p4_kd_cl_sal"],
+    "table": [name for name, _, _ in TEACHERS] + [row[0] for row in TABLE],
+}
+NAMED = ["exp1a", "exp1b", "saliency_p2", "small_p4_all", "kdonly"]
+
+
+def quick(cfg: irkd.Config) -> irkd.Config:
+    """The smoke path: a subset sized to the model and one epoch per curriculum stage."""
+    if cfg.name.startswith("teacher_"):
+        return teacher_lib.teacher_config(cfg.patch_size, quick=True, base=dataclasses.replace(cfg, out="runs/quick"))
+    sizes = teacher_lib.quick_sizes(cfg.model, cfg.patch_size, epochs=len(cfg.resolutions))
+    return dataclasses.replace(cfg, quick=True, out=f"{cfg.out}/quick", **sizes)
+
+
+def parse_overrides(argv: list[str]) -> dict:
+    """["--lr=1e-3", "--quick", "--teacher", "PATH"] -> {"lr": 0.001, ...}, type-checked
+    against irkd.Config; an unknown field or a bad value raises ValueError."""
+    fields = {f.name: f for f in dataclasses.fields(irkd.Config)}
+    out, args = {}, list(argv)
+    while args:
+        arg = args.pop(0)
+        if not arg.startswith("--"):
+            raise ValueError(f"unexpected argument {arg!r}; options look like --field=value")
+        key, eq, value = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        if key not in fields:
+            raise ValueError(f"unknown field {key!r}; valid fields: {', '.join(fields)}")
+        default = fields[key].default
+        if not eq:
+            if isinstance(default, bool):
+                value = "true"
+            elif args:
+                value = args.pop(0)
+            else:
+                raise ValueError(f"--{key} needs a value")
+        out[key] = convert(key, value, default)
+    return out
+
+
+def convert(key: str, value: str, default):
+    kind = type(default)
+    try:
+        if kind is bool:
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return value.lower() in ("true", "1", "yes")
+        if kind is tuple:
+            return tuple(int(v) for v in value.split(","))
+        return kind(value)
+    except ValueError:
+        example = {bool: "true or false", tuple: "comma-separated integers, e.g. 12,16,20",
+                   int: "an integer", float: "a number", str: "a string"}[kind]
+        raise ValueError(f"--{key}={value!r}: expected {example}") from None
+
+
+def configs_for(name: str, overrides: dict) -> list[irkd.Config]:
+    names = GROUPS.get(name, [name])
+    is_quick = overrides.pop("quick", False)
+    cfgs = []
+    for n in names:
+        cfg = EXPERIMENTS[n]
+        cfg = quick(cfg) if is_quick else cfg
+        cfg = dataclasses.replace(cfg, **overrides)
+        cfg.check()
+        cfgs.append(cfg)
+    return cfgs
+
+
+def run(cfg: irkd.Config, data: dict) -> dict:
+    teacher, info = teacher_lib.ensure_teacher(cfg, data) if cfg.kd else (None, None)
+    results = irkd.train(cfg, teacher=teacher, data=data, teacher_info=info)
+    paper = PAPER.get(cfg.name)
+    by_res = "  ".join(f"{r}px {a:.1f}" for r, a in results["test_acc_by_res"].items())
+    print(f"{cfg.name}: test {results['test_acc']:.2f} % ({results['test_head']} head)"
+          f"{f', paper {paper:.2f} %' if paper else ''}; {by_res}; {results['wall_s']:.0f} s")
+    return results
+
+
+def list_experiments() -> str:
+    lines = [f"{'name':20s} {'student':8s} {'patch':>5s}  {'setup':10s} {'paper %':>7s}"]
+    for name, cfg in EXPERIMENTS.items():
+        lines.append(f"{name:20s} {cfg.model:8s} {cfg.patch_size:5d}  {SETUP[name]:10s} {PAPER[name]:7.2f}")
+    lines.append("")
+    lines += [f"{g:20s} = {' '.join(names)}" for g, names in GROUPS.items()]
+    lines.append(f"\nnamed variants: {', '.join(NAMED)}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    valid = list(EXPERIMENTS) + list(GROUPS)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name == "list":
+        print(list_experiments())
+        return 0
+    if name not in valid:
+        print(f"error: unknown experiment {name!r}; valid: list, {', '.join(valid)}", file=sys.stderr)
+        return 2
+    try:
+        cfgs = configs_for(name, parse_overrides(rest))
+        data = irkd.load_cifar10(cfgs[0].data)
+    except (ValueError, irkd.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for cfg in cfgs:
+        if cfg.name.startswith("teacher_"):
+            print(f"training {cfg.name}: about {teacher_lib.estimate_seconds(cfg) / 60:.0f} min expected")
+            irkd.train(cfg, data=data)
+        else:
+            run(cfg, data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

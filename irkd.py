@@ -1,0 +1,842 @@
+"""IRKD: inter-resolution knowledge distillation for Vision Transformers on CIFAR-10.
+
+One file, read top to bottom:
+
+  1. data        load_cifar10, split_train_val, augment / resize as batch tensor ops
+  2. model       ViT (teacher and students), PRESETS
+  3. saliency    attention_rollout, saliency_loss
+  4. losses      kd_loss, IRKDLoss (owns the frozen teacher's forward)
+  5. training    Config, train(): the resolution curriculum
+  6. evaluation  evaluate(), evaluate_all(): every head at every resolution 12..32
+
+Nothing runs at import time; experiments.py and teacher.py are the entry points.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import pickle
+import platform
+import shutil
+import tarfile
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+# =============================================================================
+# 1. Data
+# =============================================================================
+
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR_DIR = "cifar-10-batches-py"
+TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_FILE = "test_batch"
+CIFAR_MEMBERS = TRAIN_FILES + [TEST_FILE, "batches.meta", "readme.html"]
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2023, 0.1994, 0.2010)
+RESOLUTIONS = (12, 16, 20, 24, 28, 32)  # the curriculum, and every evaluation
+
+
+class DataError(RuntimeError):
+    """Missing, partial or corrupt data; the message says what to do."""
+
+
+def _where_to_put(root: str) -> str:
+    return (f"Put the official CIFAR-10 python files in {os.path.join(root, CIFAR_DIR)}/ "
+            f"(data_batch_1..5, test_batch), e.g. by unpacking {CIFAR_URL} into {root}/, "
+            f"or pass another directory with --data=DIR.")
+
+
+def md5sum(path: str) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download_cifar10(root: str, url: str = CIFAR_URL, md5: str = CIFAR_MD5) -> None:
+    """Fetch the official archive, check its md5 and unpack only the expected members.
+
+    Everything happens in a temporary directory inside `root`; the finished
+    `cifar-10-batches-py/` is moved into place with one rename, so an interrupted
+    download never leaves a half-written dataset behind.
+    """
+    os.makedirs(root, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root, prefix=".cifar-download-") as tmp:
+        archive = os.path.join(tmp, "cifar-10-python.tar.gz")
+        print(f"downloading CIFAR-10 from {url} ...")
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r, open(archive, "wb") as f:
+                shutil.copyfileobj(r, f)
+        except OSError as e:
+            raise DataError(f"could not download CIFAR-10 ({e}). {_where_to_put(root)}") from e
+        got = md5sum(archive)
+        if got != md5:
+            raise DataError(f"the downloaded archive has md5 {got}, expected {md5}: it is corrupt or "
+                            f"not the official file. Delete it and retry, or {_where_to_put(root)}")
+        wanted = {f"{CIFAR_DIR}/{m}" for m in CIFAR_MEMBERS}
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                # Only the known member names: a hostile archive cannot write outside tmp.
+                members = [m for m in tar.getmembers() if m.name in wanted and m.isfile()]
+                tar.extractall(tmp, members=members)
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise DataError(f"the archive could not be unpacked ({e}). {_where_to_put(root)}") from e
+        dst = os.path.join(root, CIFAR_DIR)
+        if os.path.isdir(dst):
+            shutil.rmtree(dst)  # an earlier partial copy; the complete one replaces it
+        os.replace(os.path.join(tmp, CIFAR_DIR), dst)
+
+
+def _read_batch(path: str, root: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pickled CIFAR batch -> (uint8 images (N, 3, 32, 32), int64 labels (N,))."""
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="latin1")  # the files were written by Python 2
+        data, labels = d["data"], d["labels"]
+        images = torch.as_tensor(data, dtype=torch.uint8).reshape(-1, 3, 32, 32)  # rows are CHW
+        labels = torch.as_tensor(labels, dtype=torch.int64)
+    except Exception as e:  # truncated pickle, wrong keys, wrong size: all mean "bad file"
+        raise DataError(f"{path} is corrupt or truncated ({type(e).__name__}: {e}). "
+                        f"Delete {os.path.join(root, CIFAR_DIR)} and run again to re-download, "
+                        f"or {_where_to_put(root)}") from e
+    if len(images) != len(labels) or labels.min() < 0 or labels.max() > 9:
+        raise DataError(f"{path} has {len(images)} images, {len(labels)} labels and labels in "
+                        f"[{labels.min()}, {labels.max()}]: not a CIFAR-10 batch. {_where_to_put(root)}")
+    return images, labels
+
+
+def load_cifar10(root: str = "data", download: bool = True) -> dict[str, torch.Tensor]:
+    """CIFAR-10 as uint8 tensors: train_x (50000, 3, 32, 32), train_y, test_x, test_y."""
+    folder = os.path.join(root, CIFAR_DIR)
+    missing = [f for f in TRAIN_FILES + [TEST_FILE] if not os.path.isfile(os.path.join(folder, f))]
+    if missing:
+        if not download:
+            raise DataError(f"CIFAR-10 is missing or partial: no {', '.join(missing)} in {folder}. "
+                            f"{_where_to_put(root)}")
+        download_cifar10(root)
+    parts = [_read_batch(os.path.join(folder, f), root) for f in TRAIN_FILES]
+    test_x, test_y = _read_batch(os.path.join(folder, TEST_FILE), root)
+    return dict(train_x=torch.cat([p[0] for p in parts]), train_y=torch.cat([p[1] for p in parts]),
+                test_x=test_x, test_y=test_y)
+
+
+def split_train_val(x: torch.Tensor, y: torch.Tensor, val_size: int = 5000, seed: int = 42):
+    """The paper's fixed split of the 50,000 training images (45,000 train / 5,000 val)."""
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    val, train = perm[:val_size], perm[val_size:]
+    return x[train], y[train], x[val], y[val]
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float32, standardised with the CIFAR-10 mean and std."""
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    return (x.float() / 255.0 - mean) / std
+
+
+def resize(x: torch.Tensor, res: int) -> torch.Tensor:
+    """The one resize used in training and evaluation: antialiased bilinear, float input."""
+    if x.shape[-1] == res and x.shape[-2] == res:
+        return x
+    return F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False, antialias=True)
+
+
+def random_crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor,
+                     size: int = 32, pad: int = 4) -> torch.Tensor:
+    """Random crop of the zero-padded image plus horizontal flip, for a whole batch at once.
+
+    offsets: (B, 2) int64 top-left corners in [0, 32 + 2*pad - size]; flips: (B,) bool.
+    A gather with per-sample index grids replaces a Python loop over images.
+    """
+    B, C = x.shape[:2]
+    x = F.pad(x, (pad, pad, pad, pad))                                  # (B, C, 40, 40), zeros
+    ar = torch.arange(size, device=x.device)
+    rows = (offsets[:, 0:1] + ar).view(B, 1, size, 1)                   # (B, 1, size, 1)
+    cols = offsets[:, 1:2] + ar                                         # (B, size)
+    cols = torch.where(flips[:, None], cols.flip(1), cols).view(B, 1, 1, size)  # flip = reversed columns
+    bidx = torch.arange(B, device=x.device).view(B, 1, 1, 1)
+    cidx = torch.arange(C, device=x.device).view(1, C, 1, 1)
+    return x[bidx, cidx, rows, cols]                                    # (B, C, size, size)
+
+
+class EpochSampler:
+    """Draws one epoch's randomness (order, crop offsets, flips) from one CPU generator.
+
+    Drawing everything at the start of the epoch keeps the per-step work on the
+    device (no host round-trips) and makes a run a pure function of the seed.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, device: torch.device):
+        self.n, self.batch_size, self.device = n, batch_size, device
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def epoch(self, crop: int = 32, pad: int = 4):
+        g = self.generator
+        perm = torch.randperm(self.n, generator=g)
+        offsets = torch.randint(0, 32 + 2 * pad - crop + 1, (self.n, 2), generator=g)
+        flips = torch.rand(self.n, generator=g) < 0.5
+        perm, offsets, flips = (t.to(self.device) for t in (perm, offsets, flips))
+        for i in range(0, self.n - self.batch_size + 1, self.batch_size):  # drop the ragged last batch
+            idx = perm[i:i + self.batch_size]
+            yield idx, offsets[idx], flips[idx]
+
+    def steps_per_epoch(self) -> int:
+        return self.n // self.batch_size
+
+
+def make_views(x_uint8: torch.Tensor, offsets, flips, res: int, mode: str, full_view: bool):
+    """One augmented batch -> (student view at `res`, teacher's 32-px view or None).
+
+    mode "resize": crop 32 of the padded image, flip, resize to res (the paper's idea).
+    mode "crop":   crop res x res of the padded image directly (what the original code did).
+    With full_view both views come from the *same* augmented 32-px image.
+    """
+    if mode == "resize":
+        full = normalize(random_crop_flip(x_uint8, offsets, flips, size=32))
+        return resize(full, res), (full if full_view else None)
+    if mode == "crop":
+        if full_view:
+            raise ValueError("teacher_res='full' needs resize_mode='resize': a crop has no 32-px view")
+        return normalize(random_crop_flip(x_uint8, offsets, flips, size=res)), None
+    raise ValueError(f"unknown resize_mode {mode!r}; use 'resize' or 'crop'")
+
+
+# =============================================================================
+# 2. Model
+# =============================================================================
+
+PRESETS = {
+    "custom": dict(dim=128, depth=4, heads=4, mlp_dim=256),    # ~0.55 M parameters
+    "tiny": dict(dim=192, depth=12, heads=3, mlp_dim=768),     # ~5.4 M (ViT-Tiny / DeiT-Ti)
+    "small": dict(dim=384, depth=12, heads=6, mlp_dim=1536),   # ~21.5 M (ViT-Small / DeiT-S)
+}
+
+
+class Attention(nn.Module):
+    def __init__(self, *, dim: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.scale = (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, return_attn: bool = False):
+        B, N, D = x.shape
+        H = self.heads
+        qkv = self.qkv(x).reshape(B, N, 3, H, D // H).permute(2, 0, 3, 1, 4)  # (3, B, H, N, D/H)
+        q, k, v = qkv.unbind(0)
+        attn = None
+        if return_attn:
+            # Explicit path: the probabilities are a named step so rollout can use them.
+            attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)  # (B, H, N, N)
+            out = self.drop(attn) @ v
+        else:
+            # Fused path (flash / memory-efficient kernels): same maths, no N x N tensor kept.
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        out = out.transpose(1, 2).reshape(B, N, D)                              # (B, N, D)
+        return self.drop(self.proj(out)), attn
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, *, dim: int, heads: int, mlp_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim=dim, heads=heads, dropout=dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(mlp_dim, dim), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor, return_attn: bool = False):
+        a, attn = self.attn(self.norm1(x), return_attn)
+        x = x + a
+        x = x + self.mlp(self.norm2(x))
+        return x, attn
+
+
+class ViT(nn.Module):
+    """A plain ViT; with distill_token=True, a DeiT-style student with two heads.
+
+    Tokens are [cls, (dist), patch_1 ... patch_n]. One learned position embedding
+    for the native grid (img_size / patch_size) is resampled to the grid of
+    whatever resolution comes in, so the same model runs at 12 px and at 32 px.
+    """
+
+    def __init__(self, *, dim: int, depth: int, heads: int, mlp_dim: int, patch_size: int,
+                 img_size: int = 32, num_classes: int = 10, distill_token: bool = False,
+                 dropout: float = 0.0):
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f"patch size {patch_size} does not divide the image size {img_size}")
+        self.patch_size, self.grid = patch_size, img_size // patch_size
+        self.num_prefix = 2 if distill_token else 1
+        self.patch_embed = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, dim)) if distill_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix + self.grid ** 2, dim))
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            [Block(dim=dim, heads=heads, mlp_dim=mlp_dim, dropout=dropout) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+        self.head_dist = nn.Linear(dim, num_classes) if distill_token else None
+        self.apply(self._init_weights)
+        for p in (self.pos_embed, self.cls_token, self.dist_token):
+            if p is not None:
+                nn.init.trunc_normal_(p, std=0.02)
+
+    @staticmethod
+    def _init_weights(m: nn.Module):
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def pos_embed_for(self, gh: int, gw: int) -> torch.Tensor:
+        """The position embedding for a gh x gw grid: bicubic resampling of the native table.
+
+        Identity at the native grid; prefix tokens are never resampled. Done in
+        float32 with an explicit output size, and from the one parameter, so
+        every stage of the curriculum trains the same table.
+        """
+        if (gh, gw) == (self.grid, self.grid):
+            return self.pos_embed
+        prefix, patches = self.pos_embed[:, :self.num_prefix], self.pos_embed[:, self.num_prefix:]
+        D = patches.shape[-1]
+        patches = patches.float().reshape(1, self.grid, self.grid, D).permute(0, 3, 1, 2)  # (1, D, g, g)
+        patches = F.interpolate(patches, size=(gh, gw), mode="bicubic", align_corners=False,
+                                antialias=gh < self.grid or gw < self.grid)
+        patches = patches.permute(0, 2, 3, 1).reshape(1, gh * gw, D)                      # (1, gh*gw, D)
+        return torch.cat([prefix, patches.to(prefix.dtype)], dim=1)
+
+    def forward(self, x: torch.Tensor, return_attn: bool = False):
+        B, _, H, W = x.shape
+        p = self.patch_size
+        if H % p or W % p:
+            raise ValueError(f"resolution {H}x{W} is not divisible by the patch size {p}; "
+                             f"use a multiple of {p}")
+        x = self.patch_embed(x)                                   # (B, D, H/p, W/p)
+        gh, gw = x.shape[-2:]
+        x = x.flatten(2).transpose(1, 2)                          # (B, gh*gw, D)
+        prefix = [self.cls_token.expand(B, -1, -1)]
+        if self.dist_token is not None:
+            prefix.append(self.dist_token.expand(B, -1, -1))
+        x = torch.cat(prefix + [x], dim=1)                        # (B, N = num_prefix + gh*gw, D)
+        x = self.drop(x + self.pos_embed_for(gh, gw))
+        attentions = []
+        for block in self.blocks:
+            x, attn = block(x, return_attn)
+            attentions.append(attn)
+        x = self.norm(x)
+        logits = self.head(x[:, 0])
+        if self.head_dist is not None:
+            # Always both heads, in training and evaluation: the caller decides how to combine.
+            logits = (logits, self.head_dist(x[:, 1]))
+        return (logits, attentions) if return_attn else logits
+
+
+def build_model(preset: str, *, patch_size: int, distill_token: bool = False, dropout: float = 0.0) -> ViT:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; valid: {', '.join(PRESETS)}")
+    return ViT(**PRESETS[preset], patch_size=patch_size, distill_token=distill_token, dropout=dropout)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# =============================================================================
+# 3. Saliency: attention rollout (Abnar & Zuidema, 2020)
+# =============================================================================
+
+def attention_rollout(attentions: list[torch.Tensor], token: int = 0, num_prefix: int = 1,
+                      head_fusion: str = "mean", discard_ratio: float = 0.0) -> torch.Tensor:
+    """How much each patch flows into `token` through all layers -> (B, gh, gw).
+
+    attentions: per layer (B, heads, N, N) probabilities. Pure, batched and
+    differentiable, so the student's map can be trained.
+    """
+    B, _, N, _ = attentions[0].shape
+    n_patches = N - num_prefix
+    g = math.isqrt(n_patches)
+    if g * g != n_patches:
+        raise ValueError(f"{n_patches} patch tokens (N={N}, num_prefix={num_prefix}) is not a square grid")
+    eye = torch.eye(N, device=attentions[0].device)
+    rollout = eye.expand(B, N, N)
+    for attn in attentions:
+        attn = attn.float()
+        if head_fusion == "mean":
+            a = attn.mean(dim=1)                                   # (B, N, N)
+        elif head_fusion == "max":
+            a = attn.amax(dim=1)
+        elif head_fusion == "min":
+            a = attn.amin(dim=1)
+        else:
+            raise ValueError(f"unknown head_fusion {head_fusion!r}; use mean, max or min")
+        if discard_ratio > 0:
+            # Drop the weakest links of each sample, never attention to a prefix token
+            # (column < num_prefix) nor a token's attention to itself (the diagonal).
+            protected = eye.bool().clone()
+            protected[:, :num_prefix] = True
+            k = int((N * N - int(protected.sum())) * discard_ratio)
+            if k > 0:
+                scores = a.masked_fill(protected, float("inf")).flatten(1)  # (B, N*N)
+                drop = scores.topk(k, dim=1, largest=False).indices
+                a = a.flatten(1).scatter(1, drop, 0.0).view(B, N, N)
+        a = (a + eye) / 2                                          # the residual connection
+        a = a / a.sum(dim=-1, keepdim=True)                        # rows sum to one again
+        rollout = a @ rollout                                      # later layers on the left
+    return rollout[:, token, num_prefix:].reshape(B, g, g)        # (B, gh, gw)
+
+
+def minmax_normalize(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Scale each map to [0, 1]; eps keeps a flat map finite (it becomes all zeros)."""
+    flat = maps.flatten(1)
+    lo, hi = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
+    return ((flat - lo) / (hi - lo + eps)).view_as(maps)
+
+
+def saliency_loss(student_map: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tensor:
+    """MSE between min-max normalised maps; a finer teacher map is area-pooled to the student grid."""
+    if teacher_map.shape[-2:] != student_map.shape[-2:]:
+        teacher_map = F.adaptive_avg_pool2d(teacher_map[:, None], student_map.shape[-2:])[:, 0]
+    return F.mse_loss(minmax_normalize(student_map), minmax_normalize(teacher_map))
+
+
+# =============================================================================
+# 4. Losses
+# =============================================================================
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0,
+            hard: bool = False) -> torch.Tensor:
+    """Soft KD: T^2 * KL(softmax(t/T) || softmax(s/T)), averaged over the batch.
+
+    The KL is summed over classes and divided by the batch size ("batchmean"),
+    the textbook scale. Dividing by B*C instead (as DeiT's code does) would
+    shrink the term tenfold on CIFAR-10. hard=True is DeiT's hard distillation:
+    cross-entropy against the teacher's argmax.
+    """
+    if hard:
+        return F.cross_entropy(student_logits, teacher_logits.argmax(dim=-1))
+    T = temperature
+    log_p_student = F.log_softmax(student_logits.float() / T, dim=-1)
+    log_p_teacher = F.log_softmax(teacher_logits.float() / T, dim=-1)
+    return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True) * T * T
+
+
+class IRKDLoss(nn.Module):
+    """The student's whole objective; owns the frozen teacher and its forward pass.
+
+        loss = (1 - alpha) * CE(cls head, y) + alpha * KD(dist head, teacher)
+               + gamma * MSE(rollout(student), rollout(teacher))
+
+    Without a teacher it is plain cross-entropy (with optional label smoothing).
+    """
+
+    def __init__(self, teacher: nn.Module | None = None, *, alpha: float = 0.5, temperature: float = 4.0,
+                 hard: bool = False, gamma: float = 0.0, label_smoothing: float = 0.0):
+        super().__init__()
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+        self.alpha, self.temperature, self.hard = alpha, temperature, hard
+        self.gamma, self.label_smoothing = gamma, label_smoothing
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # frozen: no dropout, ever
+        return self
+
+    def forward(self, outputs, attentions, y, teacher_input=None):
+        """outputs: student logits, or (cls, dist) logits; y: labels (B,) or soft targets (B, C).
+
+        Returns (loss, parts) with parts detached for logging.
+        """
+        cls_logits = outputs[0] if isinstance(outputs, tuple) else outputs
+        ce = F.cross_entropy(cls_logits, y, label_smoothing=self.label_smoothing)
+        parts = {"ce": ce.detach()}
+        if self.teacher is None:
+            return ce, parts
+        with torch.no_grad():
+            t_out = self.teacher(teacher_input, return_attn=self.gamma > 0)
+        t_logits, t_attn = t_out if self.gamma > 0 else (t_out, None)
+        kd = kd_loss(outputs[1], t_logits, self.temperature, self.hard)
+        loss = (1 - self.alpha) * ce + self.alpha * kd
+        parts["kd"] = kd.detach()
+        if self.gamma > 0:
+            s_map = attention_rollout(attentions, num_prefix=2)             # student: cls row
+            t_map = attention_rollout(t_attn, num_prefix=1)
+            sal = saliency_loss(s_map, t_map)
+            loss = loss + self.gamma * sal
+            parts["sal"] = sal.detach()
+        return loss, parts
+
+
+def mix_batch(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, num_classes: int = 10,
+              mixup_alpha: float = 0.2, cutmix_alpha: float = 1.0):
+    """Mixup or CutMix (half the batches each) for the teacher recipe -> (x, soft targets)."""
+    B = x.shape[0]
+    perm = torch.randperm(B, generator=generator).to(x.device)
+    use_cutmix = torch.rand(1, generator=generator).item() < 0.5
+    alpha = cutmix_alpha if use_cutmix else mixup_alpha
+    # Beta(alpha, alpha) from the same generator, so the run stays a function of its seed.
+    lam = float(np.random.default_rng(int(torch.randint(2**31, (1,), generator=generator))).beta(alpha, alpha))
+    if use_cutmix:
+        H, W = x.shape[-2:]
+        ch, cw = int(H * math.sqrt(1 - lam)), int(W * math.sqrt(1 - lam))
+        cy = int(torch.randint(H, (1,), generator=generator))
+        cx = int(torch.randint(W, (1,), generator=generator))
+        y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, H)
+        x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, W)
+        x = x.clone()
+        x[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (H * W)  # the area actually pasted
+    else:
+        x = lam * x + (1 - lam) * x[perm]
+    one_hot = F.one_hot(y, num_classes).float()
+    return x, lam * one_hot + (1 - lam) * one_hot[perm]
+
+
+# =============================================================================
+# 5. Training: the resolution curriculum
+# =============================================================================
+
+@dataclass
+class Config:
+    """Everything one run needs. experiments.py builds every variant from this one base."""
+    name: str = "run"
+    # the student (or, for teacher.py, the teacher itself)
+    model: str = "custom"              # a key of PRESETS
+    patch_size: int = 4
+    dropout: float = 0.0
+    # what the run combines: knowledge distillation, curriculum, saliency
+    kd: bool = False
+    cl: bool = False
+    sal: bool = False
+    # curriculum: with cl, `epochs` are split equally over `resolutions`; without, all at 32 px
+    resolutions: tuple = RESOLUTIONS
+    epochs: int = 60
+    fresh_optimizer: bool = True       # re-create AdamW at every stage (the paper)
+    resize_mode: str = "resize"        # "resize" (paper's idea) or "crop" (the original code)
+    # optimisation
+    batch_size: int = 128
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    schedule: str = "constant"         # "constant" (students) or "onecycle" (warm-up + cosine)
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    mixup: bool = False                # mixup / cutmix, half the batches each (teacher recipe)
+    # distillation
+    alpha: float = 0.5
+    temperature: float = 4.0
+    hard_kd: bool = False
+    gamma: float = 0.8
+    teacher: str = ""                  # checkpoint path; empty = the cached default teacher
+    teacher_res: str = "same"          # "same": the student's view; "full": the 32-px view
+    # data and bookkeeping
+    data: str = "data"
+    train_size: int = 0                # 0 = all 45,000 training images
+    val_size: int = 0                  # 0 = all 5,000 validation images
+    test_size: int = 0                 # 0 = all 10,000 test images
+    seed: int = 0
+    device: str = "auto"               # "auto", "cpu", "cuda", "cuda:1", "mps"
+    out: str = "runs"
+    quick: bool = False
+
+    def stages(self) -> list[tuple[int, int]]:
+        """[(resolution, epochs), ...]: six 10-epoch stages with cl, else 60 epochs at 32 px."""
+        if not self.cl:
+            return [(32, self.epochs)]
+        per_stage = self.epochs // len(self.resolutions)
+        return [(r, per_stage) for r in self.resolutions]
+
+    def check(self) -> None:
+        """Reject a config that cannot run, with a message that says what to change."""
+        def bad(msg):
+            raise ValueError(f"config {self.name!r}: {msg}")
+        if self.model not in PRESETS:
+            bad(f"model={self.model!r} is not a preset; valid: {', '.join(PRESETS)}")
+        for r in (self.resolutions if self.cl else (32,)):
+            if r % self.patch_size:
+                bad(f"resolution {r} is not divisible by patch_size={self.patch_size}; "
+                    f"choose resolutions that are multiples of {self.patch_size}")
+        if self.cl and self.epochs % len(self.resolutions):
+            bad(f"epochs={self.epochs} does not split equally over {len(self.resolutions)} stages")
+        if self.epochs < 1 or self.batch_size < 1:
+            bad("epochs and batch_size must be positive")
+        choices = dict(resize_mode=("resize", "crop"), schedule=("constant", "onecycle"),
+                       teacher_res=("same", "full"))
+        for k, valid in choices.items():
+            if getattr(self, k) not in valid:
+                bad(f"{k}={getattr(self, k)!r}; valid: {', '.join(valid)}")
+        if self.sal and not self.kd:
+            bad("sal=True needs kd=True (the saliency target comes from the teacher)")
+        if self.mixup and self.kd:
+            bad("mixup is part of the teacher recipe; it cannot be combined with kd")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases, norms, the prefix tokens or the position embedding."""
+    no_decay = {"cls_token", "dist_token", "pos_embed"}
+    decay, rest = [], []
+    for name, p in model.named_parameters():
+        (rest if p.ndim <= 1 or name in no_decay else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
+
+
+def lr_at(cfg: Config, step: int, total_steps: int, warmup_steps: int) -> float:
+    """The learning rate at `step`: constant, or linear warm-up then cosine to zero."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if step < warmup_steps:
+        return cfg.lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def write_json(path: str, obj) -> None:
+    """Write JSON atomically: a temporary file, then one rename; never a half-written file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def save_atomic(obj, path: str) -> None:
+    tmp = f"{path}.tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def model_args(cfg: Config) -> dict:
+    return dict(preset=cfg.model, patch_size=cfg.patch_size, distill_token=cfg.kd, dropout=cfg.dropout)
+
+
+def load_model(path: str, device: torch.device | str = "cpu") -> tuple[ViT, dict]:
+    """Rebuild a model saved by train() -> (model, checkpoint metadata)."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+        model = build_model(**ckpt["model_args"])
+        model.load_state_dict(ckpt["model"])
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no checkpoint at {path}; train it first (python teacher.py) "
+                                f"or pass --teacher=PATH") from None
+    except Exception as e:
+        raise ValueError(f"{path} is not a usable IRKD checkpoint ({type(e).__name__}: {e}); "
+                         f"delete it and train again") from e
+    return model.to(device), ckpt
+
+
+def prepare_data(cfg: Config, data: dict | None, device: torch.device) -> dict[str, torch.Tensor]:
+    """The paper's split, optional subsets, and every tensor moved to the device once."""
+    data = data if data is not None else load_cifar10(cfg.data)
+    tx, ty, vx, vy = split_train_val(data["train_x"], data["train_y"])
+    sx, sy = data["test_x"], data["test_y"]
+    n = lambda size, t: size if 0 < size < len(t) else len(t)  # noqa: E731 (0 = everything)
+    out = dict(train_x=tx[:n(cfg.train_size, tx)], train_y=ty[:n(cfg.train_size, tx)],
+               val_x=vx[:n(cfg.val_size, vx)], val_y=vy[:n(cfg.val_size, vx)],
+               test_x=sx[:n(cfg.test_size, sx)], test_y=sy[:n(cfg.test_size, sx)])
+    if len(out["train_x"]) < cfg.batch_size:
+        raise ValueError(f"{len(out['train_x'])} training images is fewer than one batch of {cfg.batch_size}")
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def make_run_dir(cfg: Config) -> str:
+    run_dir = os.path.join(cfg.out, cfg.name)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir):
+            pass
+    except OSError as e:
+        raise OSError(f"cannot write to the output directory {run_dir} ({e.strerror}); "
+                      f"choose another with --out=DIR") from e
+    return run_dir
+
+
+def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = None,
+          teacher_info: dict | None = None) -> dict:
+    """Train one model through the curriculum, evaluate it, write runs/NAME/; return results.json's dict.
+
+    teacher: the frozen teacher for kd (loaded by the caller); data: load_cifar10()'s
+    dict (loaded from cfg.data when None). Writes config.json, log.jsonl (one line per
+    epoch), checkpoint.pt (every epoch), model.pt and results.json.
+    """
+    cfg.check()
+    if cfg.kd and teacher is None:
+        raise ValueError(f"config {cfg.name!r} has kd=True but no teacher was given")
+    device = pick_device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True   # TF32 for any float32 matmul left
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(cfg.seed)
+    run_dir = make_run_dir(cfg)
+    d = prepare_data(cfg, data, device)
+    model = build_model(cfg.model, patch_size=cfg.patch_size, distill_token=cfg.kd,
+                        dropout=cfg.dropout).to(device)
+    if teacher is not None:
+        teacher = teacher.to(device)
+    loss_fn = IRKDLoss(teacher if cfg.kd else None, alpha=cfg.alpha, temperature=cfg.temperature,
+                       hard=cfg.hard_kd, gamma=cfg.gamma if cfg.sal else 0.0,
+                       label_smoothing=cfg.label_smoothing)
+    need_attn = cfg.kd and cfg.sal           # the explicit attention path only where rollout needs it
+    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    write_json(os.path.join(run_dir, "config.json"),
+               dict(dataclasses.asdict(cfg), params=count_params(model), teacher_info=teacher_info))
+
+    stages = cfg.stages()
+    sampler = EpochSampler(len(d["train_x"]), cfg.batch_size, cfg.seed, device)
+    steps_per_epoch = sampler.steps_per_epoch()
+    total_steps = steps_per_epoch * sum(e for _, e in stages)
+    mix_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    bar = tqdm(total=total_steps * cfg.batch_size, unit="img", unit_scale=True, dynamic_ncols=True,
+               smoothing=0.05, mininterval=1.0)
+    t_start, step, epoch_global = time.time(), 0, 0
+    log = open(os.path.join(run_dir, "log.jsonl"), "w")
+    opt = None
+    for stage, (res, epochs) in enumerate(stages):
+        if opt is None or cfg.fresh_optimizer:
+            opt = make_optimizer(model, cfg)     # fresh moments: each resolution starts anew
+        for stage_epoch in range(epochs):
+            epoch_global += 1
+            bar.set_description(f"{cfg.name} {res}px ep {epoch_global}/{sum(e for _, e in stages)}")
+            model.train()
+            loss_fn.train()
+            sums = torch.zeros(5, device=device)  # loss, ce, kd, sal, correct: summed on device, no sync
+            t0 = time.time()
+            for idx, offsets, flips in sampler.epoch(crop=res if cfg.resize_mode == "crop" else 32):
+                xs, xt = make_views(d["train_x"][idx], offsets, flips, res, cfg.resize_mode,
+                                    full_view=cfg.kd and cfg.teacher_res == "full")
+                y = d["train_y"][idx]
+                target = y
+                if cfg.mixup:
+                    xs, target = mix_batch(xs, y, mix_gen)
+                lr = lr_at(cfg, step, total_steps, cfg.warmup_epochs * steps_per_epoch)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                with torch.autocast(**autocast):
+                    out = model(xs, return_attn=need_attn)
+                    out, attns = out if need_attn else (out, None)
+                    loss, parts = loss_fn(out, attns, target, teacher_input=xt if xt is not None else xs)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                cls_logits = out[0] if isinstance(out, tuple) else out
+                sums += torch.stack([loss.detach().float(), parts["ce"].float(),
+                                     parts.get("kd", torch.zeros((), device=device)).float(),
+                                     parts.get("sal", torch.zeros((), device=device)).float(),
+                                     (cls_logits.argmax(-1) == y).sum().float()])
+                step += 1
+                bar.update(cfg.batch_size)
+            seconds = time.time() - t0
+            val = evaluate(model, d["val_x"], d["val_y"], res)
+            s = (sums / torch.tensor([steps_per_epoch] * 4 + [steps_per_epoch * cfg.batch_size / 100],
+                                     device=device)).tolist()
+            row = dict(stage=stage, res=res, epoch=epoch_global, stage_epoch=stage_epoch + 1, lr=lr,
+                       loss=s[0], ce=s[1], kd=s[2], sal=s[3], train_acc=s[4], val_acc=val[main_head(val)],
+                       val_heads=val, seconds=round(seconds, 3),
+                       images_per_s=round(steps_per_epoch * cfg.batch_size / seconds, 1))
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            bar.set_postfix(loss=f"{s[0]:.3f}", train=f"{s[4]:.1f}", val=f"{row['val_acc']:.1f}")
+            save_atomic(dict(model=model.state_dict(), optimizer=opt.state_dict(), stage=stage,
+                             stage_epoch=stage_epoch + 1, epoch=epoch_global, step=step,
+                             sampler_rng=sampler.generator.get_state(), mix_rng=mix_gen.get_state(),
+                             torch_rng=torch.get_rng_state(), config=dataclasses.asdict(cfg),
+                             model_args=model_args(cfg), teacher_info=teacher_info),
+                        os.path.join(run_dir, "checkpoint.pt"))
+    bar.close()
+    log.close()
+    train_s = time.time() - t_start
+
+    by_head = evaluate_all(model, d["test_x"], d["test_y"], cfg.resolutions)
+    head = main_head(by_head)
+    results = dict(name=cfg.name, test_acc=by_head[head]["32"], test_head=head,
+                   test_acc_by_res=by_head[head], heads=by_head, val_acc=row["val_acc"],
+                   params=count_params(model), wall_s=round(time.time() - t_start, 1),
+                   train_s=round(train_s, 1), device=device_name(device), seed=cfg.seed,
+                   epochs=sum(e for _, e in stages), stages=stages, teacher=teacher_info,
+                   test_images=len(d["test_x"]), train_images=len(d["train_x"]), quick=cfg.quick)
+    save_atomic(dict(model=model.state_dict(), model_args=model_args(cfg), config=dataclasses.asdict(cfg),
+                     test_acc=results["test_acc"]), os.path.join(run_dir, "model.pt"))
+    write_json(os.path.join(run_dir, "results.json"), results)
+    return results
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+# =============================================================================
+# 6. Evaluation: every head at every resolution
+# =============================================================================
+
+def main_head(heads: dict) -> str:
+    """The reported head: the average of cls and dist where there is a dist token (DeiT), else cls."""
+    return "avg" if "avg" in heads else "cls"
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, res: int, batch_size: int = 500) -> dict:
+    """Top-1 accuracy (%) at resolution `res` -> {"cls": ..} or {"cls", "dist", "avg"}.
+
+    The test images go through the same normalise + antialiased resize as training.
+    """
+    was_training = model.training
+    model.eval()
+    correct = None
+    autocast = dict(device_type=x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda")
+    for i in range(0, len(x), batch_size):
+        with torch.autocast(**autocast):
+            out = model(resize(normalize(x[i:i + batch_size]), res))
+        yb = y[i:i + batch_size]
+        if isinstance(out, tuple):
+            cls, dist = out[0].float(), out[1].float()
+            # "avg" averages the two heads' softmax outputs, as DeiT does at test time.
+            avg = cls.softmax(-1) + dist.softmax(-1)
+            hits = torch.stack([(o.argmax(-1) == yb).sum() for o in (cls, dist, avg)])
+        else:
+            hits = (out.argmax(-1) == yb).sum()[None]
+        correct = hits if correct is None else correct + hits
+    model.train(was_training)
+    accs = (correct.float() * 100 / len(x)).tolist()
+    return dict(zip(("cls", "dist", "avg"), [round(a, 2) for a in accs]))
+
+
+def evaluate_all(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 resolutions=RESOLUTIONS) -> dict[str, dict[str, float]]:
+    """{head: {"12": acc, ..., "32": acc}} on every resolution; 32 px always included."""
+    resolutions = sorted(set(resolutions) | {32})
+    per_res = {r: evaluate(model, x, y, r) for r in resolutions}
+    return {h: {str(r): per_res[r][h] for r in resolutions} for h in per_res[32]}

@@ -1,0 +1,127 @@
+"""The teacher: a ViT-Small trained from scratch on CIFAR-10 at 32 px.
+
+    python teacher.py                 # patch 4 (runs/teacher_small_p4/)
+    python teacher.py --patch_size=2  # patch 2 (runs/teacher_small_p2/)
+    python teacher.py --quick         # a small teacher in a few minutes on a CPU
+
+The recipe follows the paper's (DESIGN.md §2): mixup (alpha 0.2) or cutmix
+(alpha 1.0) on alternate batches at random, label smoothing 0.01, AdamW with
+weight decay 2e-4, a warm-up + cosine schedule peaking at 4e-4, 135 epochs.
+AutoAugment and random erasing of the original are not (yet) reproduced.
+Students find their teacher through ensure_teacher(): the cached checkpoint for
+their patch size, trained on the spot when it does not exist yet.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+
+import torch
+
+import irkd
+
+TEACHER_PRESET = "small"
+QUICK_PRESET = "custom"  # the quick teacher: the custom size at 32 px, a few epochs
+
+
+def teacher_config(patch_size: int = 4, *, quick: bool = False, base: irkd.Config | None = None) -> irkd.Config:
+    """The teacher recipe; `base` passes on where data, outputs and device are."""
+    base = base or irkd.Config()
+    cfg = dataclasses.replace(
+        base, name=f"teacher_small_p{patch_size}", model=TEACHER_PRESET, patch_size=patch_size,
+        kd=False, cl=False, sal=False, epochs=135, lr=4e-4, weight_decay=2e-4, schedule="onecycle",
+        warmup_epochs=10, label_smoothing=0.01, mixup=True, dropout=0.0, fresh_optimizer=True,
+        teacher="", quick=quick)
+    if quick:
+        cfg = dataclasses.replace(cfg, name=f"teacher_quick_p{patch_size}", model=QUICK_PRESET,
+                                  **quick_sizes(QUICK_PRESET, patch_size, epochs=8), warmup_epochs=1,
+                                  mixup=False, lr=1e-3)
+    return cfg
+
+
+def quick_sizes(preset: str, patch_size: int, epochs: int) -> dict:
+    """Quick-mode data sizes, scaled so that every preset / patch size takes about a minute
+    of training on a 2-core CPU: cost per image grows with parameters times tokens."""
+    tokens = (32 // patch_size) ** 2 + 2
+    p = irkd.PRESETS[preset]
+    cost = p["depth"] * p["dim"] ** 2 * tokens
+    reference = 4 * 128 ** 2 * 66                 # custom, patch 4
+    train = int(4000 * reference / cost / 128) * 128
+    return dict(train_size=max(256, train), val_size=1000, test_size=2000, epochs=epochs)
+
+
+def default_path(cfg: irkd.Config) -> str:
+    t = teacher_config(cfg.patch_size, quick=cfg.quick, base=cfg)
+    return os.path.join(t.out, t.name, "model.pt")
+
+
+def estimate_seconds(cfg: irkd.Config) -> float:
+    """Time a few real training steps of this config on random data; scale to the whole run."""
+    device = irkd.pick_device(cfg.device)
+    model = irkd.build_model(cfg.model, patch_size=cfg.patch_size).to(device)
+    opt = irkd.make_optimizer(model, cfg)
+    x = torch.randn(cfg.batch_size, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (cfg.batch_size,), device=device)
+    times = []
+    for _ in range(4):
+        t0 = time.time()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.time() - t0)
+    n_train = cfg.train_size or 45000
+    return min(times[1:]) * (n_train // cfg.batch_size) * cfg.epochs
+
+
+def ensure_teacher(cfg: irkd.Config, data: dict | None = None):
+    """The frozen teacher for a student config -> (model, info for config/results).
+
+    cfg.teacher names a checkpoint; empty means the cached default for this patch
+    size, trained first when missing. A checkpoint of another preset or patch size
+    is refused: the student would silently distil from the wrong model.
+    """
+    path = cfg.teacher or default_path(cfg)
+    expected = QUICK_PRESET if cfg.quick and not cfg.teacher else TEACHER_PRESET
+    if not cfg.teacher and not os.path.exists(path):
+        tcfg = teacher_config(cfg.patch_size, quick=cfg.quick, base=cfg)
+        eta = estimate_seconds(tcfg)
+        print(f"no teacher at {path}: training {tcfg.name} ({tcfg.model}, patch {tcfg.patch_size}, "
+              f"{tcfg.epochs} epochs) first, expected to take about {eta / 60:.0f} min on "
+              f"{irkd.device_name(irkd.pick_device(tcfg.device))}", flush=True)
+        irkd.train(tcfg, data=data)
+    model, ckpt = irkd.load_model(path)
+    args = ckpt["model_args"]
+    if args["preset"] != expected or args["patch_size"] != cfg.patch_size or args["distill_token"]:
+        raise ValueError(
+            f"teacher checkpoint {path} is a {args['preset']} model with patch {args['patch_size']}"
+            f"{' and a distillation token' if args['distill_token'] else ''}; this experiment needs a "
+            f"{expected} teacher with patch {cfg.patch_size} (train it with "
+            f"`python teacher.py --patch_size={cfg.patch_size}` or pass --teacher=PATH)")
+    info = dict(path=os.path.abspath(path), md5=irkd.md5sum(path), preset=args["preset"],
+                patch_size=args["patch_size"], test_acc=ckpt.get("test_acc"))
+    return model, info
+
+
+def main(argv: list[str]) -> int:
+    from experiments import parse_overrides  # the one CLI parser, shared with the experiments
+    try:
+        overrides = parse_overrides(argv)
+        cfg = teacher_config(overrides.pop("patch_size", 4), quick=overrides.pop("quick", False))
+        cfg = dataclasses.replace(cfg, **overrides)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"training {cfg.name}: about {estimate_seconds(cfg) / 60:.0f} min expected", flush=True)
+    r = irkd.train(cfg)
+    print(f"{cfg.name}: test accuracy {r['test_acc']:.2f} % at 32 px -> {os.path.join(cfg.out, cfg.name)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
