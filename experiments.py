@@ -156,12 +156,21 @@ def main(argv: list[str]) -> int:
     except (ValueError, irkd.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for cfg in cfgs:
-        if cfg.name.startswith("teacher_"):
-            print(f"training {cfg.name}: about {teacher_lib.estimate_seconds(cfg) / 60:.0f} min expected")
-            irkd.train(cfg, data=data)
-        else:
-            run(cfg, data)
+    try:
+        for cfg in cfgs:
+            if cfg.name.startswith("teacher_"):
+                print(f"training {cfg.name}: about {teacher_lib.estimate_seconds(cfg) / 60:.0f} min expected")
+                irkd.train(cfg, data=data)
+            else:
+                run(cfg, data)
+    except KeyboardInterrupt:
+        # Every finished epoch is already in checkpoint.pt; the same command continues from it.
+        print(f"\ninterrupted: the last finished epoch is saved. Resume with:\n"
+              f"  python {' '.join(sys.argv)}", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, FloatingPointError, irkd.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -561,6 +561,7 @@ class Config:
     device: str = "auto"               # "auto", "cpu", "cuda", "cuda:1", "mps"
     out: str = "runs"
     quick: bool = False
+    resume: bool = True                # continue from runs/NAME/checkpoint.pt when it exists
 
     def stages(self) -> list[tuple[int, int]]:
         """[(resolution, epochs), ...]: six 10-epoch stages with cl, else 60 epochs at 32 px."""
@@ -683,13 +684,61 @@ def make_run_dir(cfg: Config) -> str:
     return run_dir
 
 
+# Config fields that may change between a run and its resumption (where and how
+# fast it runs, not what it computes).
+RESUMABLE_CHANGES = {"device", "resume", "data"}
+
+
+def load_checkpoint(path: str) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ValueError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e}); delete it "
+                         f"to start the run over, or re-run with --resume=false") from e
+
+
+def resume_state(cfg: Config, run_dir: str, teacher_info: dict | None) -> dict | None:
+    """The last epoch-end checkpoint of this run, if it may be continued; None to start fresh."""
+    path = os.path.join(run_dir, "checkpoint.pt")
+    if not cfg.resume or not os.path.exists(path):
+        return None
+    ckpt = load_checkpoint(path)
+    old, new = ckpt["config"], dataclasses.asdict(cfg)
+    changed = [k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k]]
+    if changed:
+        raise ValueError(f"{run_dir} holds a run with a different config ({', '.join(changed)} differ); "
+                         f"re-run with --resume=false to start over, or choose another --name or --out")
+    old_md5 = (ckpt.get("teacher_info") or {}).get("md5")
+    if old_md5 != (teacher_info or {}).get("md5"):
+        raise ValueError(f"{run_dir} was trained with another teacher ({(ckpt.get('teacher_info') or {}).get('path')}); "
+                         f"re-run with --resume=false to start over with this one")
+    return ckpt
+
+
+@torch.no_grad()
+def saliency_snapshot(model: nn.Module, teacher: nn.Module | None, images: torch.Tensor, res: int,
+                      teacher_res: str) -> dict:
+    """Rollout maps of the student (and teacher) for a fixed handful of images, for plots.py."""
+    was_training = model.training
+    model.eval()
+    x = normalize(images)
+    _, attn = model(resize(x, res), return_attn=True)
+    snap = dict(res=res, student=attention_rollout(attn, num_prefix=model.num_prefix).cpu())
+    if teacher is not None:
+        _, t_attn = teacher(resize(x, 32 if teacher_res == "full" else res), return_attn=True)
+        snap["teacher"] = attention_rollout(t_attn, num_prefix=teacher.num_prefix).cpu()
+    model.train(was_training)
+    return snap
+
+
 def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = None,
           teacher_info: dict | None = None) -> dict:
     """Train one model through the curriculum, evaluate it, write runs/NAME/; return results.json's dict.
 
     teacher: the frozen teacher for kd (loaded by the caller); data: load_cifar10()'s
     dict (loaded from cfg.data when None). Writes config.json, log.jsonl (one line per
-    epoch), checkpoint.pt (every epoch), model.pt and results.json.
+    epoch), checkpoint.pt (every epoch, atomically), saliency.pt (every stage end),
+    model.pt and results.json. A run whose checkpoint.pt exists continues from it.
     """
     cfg.check()
     if cfg.kd and teacher is None:
@@ -700,6 +749,7 @@ def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = 
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed)
     run_dir = make_run_dir(cfg)
+    ckpt = resume_state(cfg, run_dir, teacher_info)
     d = prepare_data(cfg, data, device)
     model = build_model(cfg.model, patch_size=cfg.patch_size, distill_token=cfg.kd,
                         dropout=cfg.dropout).to(device)
@@ -714,30 +764,51 @@ def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = 
                dict(dataclasses.asdict(cfg), params=count_params(model), teacher_info=teacher_info))
 
     stages = cfg.stages()
+    total_epochs = sum(e for _, e in stages)
     sampler = EpochSampler(len(d["train_x"]), cfg.batch_size, cfg.seed, device)
     steps_per_epoch = sampler.steps_per_epoch()
-    total_steps = steps_per_epoch * sum(e for _, e in stages)
+    total_steps = steps_per_epoch * total_epochs
     mix_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    bar = tqdm(total=total_steps * cfg.batch_size, unit="img", unit_scale=True, dynamic_ncols=True,
-               smoothing=0.05, mininterval=1.0)
-    t_start, step, epoch_global = time.time(), 0, 0
-    log = open(os.path.join(run_dir, "log.jsonl"), "w")
-    opt = None
+    sal_images = d["test_x"][:8]             # the fixed handful whose maps plots.py shows
+    log_path, sal_path = os.path.join(run_dir, "log.jsonl"), os.path.join(run_dir, "saliency.pt")
+    done, step, train_s, rows, snapshots, opt_state = 0, 0, 0.0, [], [], None
+    if ckpt is not None:  # continue exactly where the last completed epoch left off
+        model.load_state_dict(ckpt["model"])
+        sampler.generator.set_state(ckpt["sampler_rng"])
+        mix_gen.set_state(ckpt["mix_rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        done, step, train_s, opt_state = ckpt["epoch"], ckpt["step"], ckpt["train_s"], ckpt["optimizer"]
+        with open(log_path) as f:
+            rows = [json.loads(line) for line in f if line.strip()][:done]
+        snapshots = torch.load(sal_path, weights_only=False)["stages"] if os.path.exists(sal_path) else []
+        print(f"resuming {cfg.name} from {run_dir}/checkpoint.pt after epoch {done}/{total_epochs}")
+    with open(log_path + ".tmp", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    os.replace(log_path + ".tmp", log_path)
+
+    bar = tqdm(total=total_steps * cfg.batch_size, initial=done * steps_per_epoch * cfg.batch_size,
+               unit="img", unit_scale=True, dynamic_ncols=True, smoothing=0.05, mininterval=1.0)
+    log = open(log_path, "a")
+    epoch, opt = 0, None
     for stage, (res, epochs) in enumerate(stages):
-        if opt is None or cfg.fresh_optimizer:
-            opt = make_optimizer(model, cfg)     # fresh moments: each resolution starts anew
-        for stage_epoch in range(epochs):
-            epoch_global += 1
-            bar.set_description(f"{cfg.name} {res}px ep {epoch_global}/{sum(e for _, e in stages)}")
+        for stage_epoch in range(1, epochs + 1):
+            epoch += 1
+            if epoch <= done:
+                continue                           # finished before the resume
+            if opt is None or (cfg.fresh_optimizer and stage_epoch == 1):
+                opt = make_optimizer(model, cfg)   # fresh moments: each resolution starts anew
+                if opt_state is not None and not (cfg.fresh_optimizer and stage_epoch == 1):
+                    opt.load_state_dict(opt_state)  # resumed mid-stage (or optimizer carried over)
+            bar.set_description(f"{cfg.name} {res}px ep {epoch}/{total_epochs}")
             model.train()
             loss_fn.train()
-            sums = torch.zeros(5, device=device)  # loss, ce, kd, sal, correct: summed on device, no sync
+            sums = torch.zeros(5, device=device)   # loss, ce, kd, sal, correct: on the device, no sync
+            first_bad = torch.full((), -1, device=device)  # first step with a non-finite loss
             t0 = time.time()
             for idx, offsets, flips in sampler.epoch(crop=res if cfg.resize_mode == "crop" else 32):
                 xs, xt = make_views(d["train_x"][idx], offsets, flips, res, cfg.resize_mode,
                                     full_view=cfg.kd and cfg.teacher_res == "full")
-                y = d["train_y"][idx]
-                target = y
+                y = target = d["train_y"][idx]
                 if cfg.mixup:
                     xs, target = mix_batch(xs, y, mix_gen)
                 lr = lr_at(cfg, step, total_steps, cfg.warmup_epochs * steps_per_epoch)
@@ -746,45 +817,61 @@ def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = 
                 with torch.autocast(**autocast):
                     out = model(xs, return_attn=need_attn)
                     out, attns = out if need_attn else (out, None)
-                    loss, parts = loss_fn(out, attns, target, teacher_input=xt if xt is not None else xs)
+                    loss, parts = loss_fn(out, attns, target, teacher_input=xs if xt is None else xt)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 cls_logits = out[0] if isinstance(out, tuple) else out
-                sums += torch.stack([loss.detach().float(), parts["ce"].float(),
-                                     parts.get("kd", torch.zeros((), device=device)).float(),
-                                     parts.get("sal", torch.zeros((), device=device)).float(),
-                                     (cls_logits.argmax(-1) == y).sum().float()])
+                zero = torch.zeros((), device=device)
+                sums += torch.stack([loss.detach().float(), parts["ce"].float(), parts.get("kd", zero).float(),
+                                     parts.get("sal", zero).float(), (cls_logits.argmax(-1) == y).sum().float()])
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()),
+                                        torch.full_like(first_bad, step), first_bad)
                 step += 1
                 bar.update(cfg.batch_size)
+            if first_bad.item() >= 0:                  # one sync per epoch, not per step
+                bar.close()
+                raise FloatingPointError(
+                    f"{cfg.name}: the loss became NaN or infinite at stage {stage} ({res} px), epoch {epoch}, "
+                    f"step {int(first_bad)}; training stopped. The last good checkpoint (epoch {epoch - 1}) "
+                    f"is kept in {run_dir}/checkpoint.pt. Try a lower --lr.")
             seconds = time.time() - t0
             val = evaluate(model, d["val_x"], d["val_y"], res)
             s = (sums / torch.tensor([steps_per_epoch] * 4 + [steps_per_epoch * cfg.batch_size / 100],
                                      device=device)).tolist()
-            row = dict(stage=stage, res=res, epoch=epoch_global, stage_epoch=stage_epoch + 1, lr=lr,
+            row = dict(stage=stage, res=res, epoch=epoch, stage_epoch=stage_epoch, lr=lr,
                        loss=s[0], ce=s[1], kd=s[2], sal=s[3], train_acc=s[4], val_acc=val[main_head(val)],
                        val_heads=val, seconds=round(seconds, 3),
                        images_per_s=round(steps_per_epoch * cfg.batch_size / seconds, 1))
-            log.write(json.dumps(row) + "\n")
-            log.flush()
-            bar.set_postfix(loss=f"{s[0]:.3f}", train=f"{s[4]:.1f}", val=f"{row['val_acc']:.1f}")
+            rows.append(row)
+            if stage_epoch == epochs:              # stage end: keep the maps for plots.py
+                snapshots.append(dict(stage=stage, **saliency_snapshot(
+                    model, teacher if cfg.kd else None, sal_images, res, cfg.teacher_res)))
+                save_atomic(dict(images=sal_images.cpu(), labels=d["test_y"][:8].cpu(), stages=snapshots),
+                            sal_path)
+            train_s += time.time() - t0               # training, validation and snapshots of this epoch
+            # The checkpoint first, then the log line: a kill between the two loses only a log line
+            # that the resumed run writes again.
             save_atomic(dict(model=model.state_dict(), optimizer=opt.state_dict(), stage=stage,
-                             stage_epoch=stage_epoch + 1, epoch=epoch_global, step=step,
+                             stage_epoch=stage_epoch, epoch=epoch, step=step, train_s=train_s,
                              sampler_rng=sampler.generator.get_state(), mix_rng=mix_gen.get_state(),
                              torch_rng=torch.get_rng_state(), config=dataclasses.asdict(cfg),
                              model_args=model_args(cfg), teacher_info=teacher_info),
                         os.path.join(run_dir, "checkpoint.pt"))
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            bar.set_postfix(loss=f"{s[0]:.3f}", train=f"{s[4]:.1f}", val=f"{row['val_acc']:.1f}")
     bar.close()
     log.close()
-    train_s = time.time() - t_start
 
+    t_eval = time.time()
     by_head = evaluate_all(model, d["test_x"], d["test_y"], cfg.resolutions)
     head = main_head(by_head)
     results = dict(name=cfg.name, test_acc=by_head[head]["32"], test_head=head,
-                   test_acc_by_res=by_head[head], heads=by_head, val_acc=row["val_acc"],
-                   params=count_params(model), wall_s=round(time.time() - t_start, 1),
+                   test_acc_by_res=by_head[head], heads=by_head, val_acc=rows[-1]["val_acc"],
+                   params=count_params(model), wall_s=round(train_s + time.time() - t_eval, 1),
                    train_s=round(train_s, 1), device=device_name(device), seed=cfg.seed,
-                   epochs=sum(e for _, e in stages), stages=stages, teacher=teacher_info,
+                   epochs=total_epochs, stages=stages, teacher=teacher_info,
                    test_images=len(d["test_x"]), train_images=len(d["train_x"]), quick=cfg.quick)
     save_atomic(dict(model=model.state_dict(), model_args=model_args(cfg), config=dataclasses.asdict(cfg),
                      test_acc=results["test_acc"]), os.path.join(run_dir, "model.pt"))

@@ -118,7 +118,15 @@ def main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"training {cfg.name}: about {estimate_seconds(cfg) / 60:.0f} min expected", flush=True)
-    r = irkd.train(cfg)
+    try:
+        r = irkd.train(cfg)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the last finished epoch is saved. Resume with:\n  python {' '.join(sys.argv)}",
+              file=sys.stderr)
+        return 130
+    except (ValueError, OSError, FloatingPointError, irkd.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"{cfg.name}: test accuracy {r['test_acc']:.2f} % at 32 px -> {os.path.join(cfg.out, cfg.name)}")
     return 0
 
