@@ -421,6 +421,49 @@ def saliency_loss(student_map: torch.Tensor, teacher_map: torch.Tensor) -> torch
     return F.mse_loss(minmax_normalize(student_map), minmax_normalize(teacher_map))
 
 
+class capture_tokens:
+    """Context manager that records the output tokens (B, N, D) of chosen blocks during a forward.
+
+    Forward hooks keep ViT.forward free of a third return mode; Grad-CAM needs the
+    tokens themselves (not copies) so gradients can be taken with respect to them.
+    """
+
+    def __init__(self, model: nn.Module, layers=()):
+        self.model, self.layers, self.tokens, self.handles = model, list(layers), [], []
+
+    def __enter__(self) -> list[torch.Tensor]:
+        for i in self.layers:
+            hook = lambda module, inputs, output: self.tokens.append(output[0])  # noqa: E731
+            self.handles.append(self.model.blocks[i].register_forward_hook(hook))
+        return self.tokens
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+
+
+def grad_layers(depth: int) -> list[int]:
+    """The layers of the original Grad-CAM saliency: 1, 2 and the last for shallow models, else all."""
+    return [0, 1, depth - 1] if depth <= 4 else list(range(depth))
+
+
+def token_gradcam(logits: torch.Tensor, tokens: list[torch.Tensor], target: torch.Tensor,
+                  num_prefix: int, create_graph: bool) -> torch.Tensor:
+    """Grad-CAM over patch tokens, averaged over the captured layers -> (B, gh, gw).
+
+    Per layer: channel weights = the gradient of the target-class score averaged over
+    tokens; map = ReLU(sum over channels of weight * token). With create_graph=True the
+    map stays differentiable (second order), so a loss on it trains the student.
+    """
+    score = logits.float().gather(1, target[:, None]).sum()
+    grads = torch.autograd.grad(score, tokens, create_graph=create_graph)
+    cams = [F.relu((g.mean(dim=1, keepdim=True) * h).sum(-1).float())[:, num_prefix:]  # (B, n_patches)
+            for h, g in zip(tokens, grads)]
+    cam = torch.stack(cams).mean(0)
+    side = math.isqrt(cam.shape[1])
+    return cam.reshape(-1, side, side)                                                 # (B, gh, gw)
+
+
 # =============================================================================
 # 4. Losses
 # =============================================================================
@@ -452,13 +495,14 @@ class IRKDLoss(nn.Module):
     """
 
     def __init__(self, teacher: nn.Module | None = None, *, alpha: float = 0.5, temperature: float = 4.0,
-                 hard: bool = False, gamma: float = 0.0, label_smoothing: float = 0.0):
+                 hard: bool = False, gamma: float = 0.0, label_smoothing: float = 0.0,
+                 saliency: str = "rollout"):
         super().__init__()
         self.teacher = teacher
         if teacher is not None:
             teacher.eval().requires_grad_(False)
         self.alpha, self.temperature, self.hard = alpha, temperature, hard
-        self.gamma, self.label_smoothing = gamma, label_smoothing
+        self.gamma, self.label_smoothing, self.saliency = gamma, label_smoothing, saliency
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -466,8 +510,10 @@ class IRKDLoss(nn.Module):
             self.teacher.eval()  # frozen: no dropout, ever
         return self
 
-    def forward(self, outputs, attentions, y, teacher_input=None):
-        """outputs: student logits, or (cls, dist) logits; y: labels (B,) or soft targets (B, C).
+    def forward(self, outputs, internals, y, teacher_input=None):
+        """outputs: student logits, or (cls, dist) logits; y: labels (B,) or soft targets (B, C);
+        internals: the student's per-layer attention probabilities (saliency="rollout") or
+        its captured tokens (saliency="grad"), used only when gamma > 0.
 
         Returns (loss, parts) with parts detached for logging.
         """
@@ -476,19 +522,36 @@ class IRKDLoss(nn.Module):
         parts = {"ce": ce.detach()}
         if self.teacher is None:
             return ce, parts
-        with torch.no_grad():
-            t_out = self.teacher(teacher_input, return_attn=self.gamma > 0)
-        t_logits, t_attn = t_out if self.gamma > 0 else (t_out, None)
+        if self.gamma == 0:
+            with torch.no_grad():
+                t_logits = self.teacher(teacher_input)
+        else:
+            t_logits, t_map = self.teacher_saliency(teacher_input, y)
         kd = kd_loss(outputs[1], t_logits, self.temperature, self.hard)
         loss = (1 - self.alpha) * ce + self.alpha * kd
         parts["kd"] = kd.detach()
         if self.gamma > 0:
-            s_map = attention_rollout(attentions, num_prefix=2)             # student: cls row
-            t_map = attention_rollout(t_attn, num_prefix=1)
+            if self.saliency == "rollout":
+                s_map = attention_rollout(internals, num_prefix=2)           # student: cls row
+            else:
+                s_map = token_gradcam(cls_logits, internals, y, num_prefix=2, create_graph=True)
             sal = saliency_loss(s_map, t_map)
             loss = loss + self.gamma * sal
             parts["sal"] = sal.detach()
         return loss, parts
+
+    def teacher_saliency(self, x: torch.Tensor, y: torch.Tensor):
+        """The teacher's logits and saliency map, both without a graph to the student."""
+        t = self.teacher
+        if self.saliency == "rollout":
+            with torch.no_grad():
+                logits, attn = t(x, return_attn=True)
+            return logits, attention_rollout(attn, num_prefix=t.num_prefix)
+        # Grad-CAM needs gradients inside the frozen teacher: take them w.r.t. its tokens only.
+        with torch.enable_grad(), capture_tokens(t, grad_layers(len(t.blocks))) as tokens:
+            logits = t(x.detach().requires_grad_(True))
+            cam = token_gradcam(logits, tokens, y, num_prefix=t.num_prefix, create_graph=False)
+        return logits.detach(), cam.detach()
 
 
 def mix_batch(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, num_classes: int = 10,
@@ -550,6 +613,7 @@ class Config:
     temperature: float = 4.0
     hard_kd: bool = False
     gamma: float = 0.8
+    saliency: str = "rollout"          # "rollout" (attention rollout) or "grad" (the original Grad-CAM)
     teacher: str = ""                  # checkpoint path; empty = the cached default teacher
     teacher_res: str = "same"          # "same": the student's view; "full": the 32-px view
     # data and bookkeeping
@@ -585,7 +649,7 @@ class Config:
         if self.epochs < 1 or self.batch_size < 1:
             bad("epochs and batch_size must be positive")
         choices = dict(resize_mode=("resize", "crop"), schedule=("constant", "onecycle"),
-                       teacher_res=("same", "full"))
+                       teacher_res=("same", "full"), saliency=("rollout", "grad"))
         for k, valid in choices.items():
             if getattr(self, k) not in valid:
                 bad(f"{k}={getattr(self, k)!r}; valid: {', '.join(valid)}")
@@ -757,8 +821,11 @@ def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = 
         teacher = teacher.to(device)
     loss_fn = IRKDLoss(teacher if cfg.kd else None, alpha=cfg.alpha, temperature=cfg.temperature,
                        hard=cfg.hard_kd, gamma=cfg.gamma if cfg.sal else 0.0,
-                       label_smoothing=cfg.label_smoothing)
-    need_attn = cfg.kd and cfg.sal           # the explicit attention path only where rollout needs it
+                       label_smoothing=cfg.label_smoothing, saliency=cfg.saliency)
+    # The explicit attention path only where saliency needs it: rollout reads its probabilities,
+    # and the second-order Grad-CAM cannot differentiate twice through the fused kernel.
+    need_attn = cfg.kd and cfg.sal
+    token_layers = grad_layers(len(model.blocks)) if need_attn and cfg.saliency == "grad" else []
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     write_json(os.path.join(run_dir, "config.json"),
                dict(dataclasses.asdict(cfg), params=count_params(model), teacher_info=teacher_info))
@@ -814,9 +881,10 @@ def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = 
                 lr = lr_at(cfg, step, total_steps, cfg.warmup_epochs * steps_per_epoch)
                 for group in opt.param_groups:
                     group["lr"] = lr
-                with torch.autocast(**autocast):
+                with torch.autocast(**autocast), capture_tokens(model, token_layers) as tokens:
                     out = model(xs, return_attn=need_attn)
                     out, attns = out if need_attn else (out, None)
+                    attns = tokens if token_layers else attns        # what the saliency term reads
                     loss, parts = loss_fn(out, attns, target, teacher_input=xs if xt is None else xt)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
