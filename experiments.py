@@ -2,7 +2,8 @@
 
     python experiments.py list
     python experiments.py exp1a [--quick] [--field=value ...] [--teacher=PATH]
-    python experiments.py table
+    python experiments.py table [--seeds=0,1,2]
+    python experiments.py report [--out=runs]   # runs/*/results.json -> a Markdown table
 
 Each table cell is an irkd.Config built from one base; the paper's Table 1 number
 stands beside it. A named group (small_p4_all, table) runs its cells in order,
@@ -11,6 +12,11 @@ training each teacher once and reusing it.
 from __future__ import annotations
 
 import dataclasses
+import glob
+import json
+import os
+import re
+import statistics
 import sys
 
 import irkd
@@ -138,6 +144,47 @@ def list_experiments() -> str:
     return "\n".join(lines)
 
 
+def collect(out: str = "runs") -> dict[str, list[dict]]:
+    """Every finished run under `out` (and out/quick), grouped by cell: NAME-seedN joins NAME."""
+    groups: dict[str, dict[int, dict]] = {}
+    for path in sorted(glob.glob(os.path.join(out, "*", "results.json")) +
+                       glob.glob(os.path.join(out, "quick", "*", "results.json"))):
+        with open(path) as f:
+            r = json.load(f)
+        base = re.sub(r"-seed\d+$", "", r["name"])
+        key = f"{base} (quick)" if r.get("quick") else base
+        groups.setdefault(key, {})[r["seed"]] = r   # one result per seed
+    return {k: list(v.values()) for k, v in groups.items()}
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def report(out: str = "runs") -> str:
+    """The paper's Table 1 beside ours: mean ± std over seeds, every resolution, cost, hardware."""
+    groups = collect(out)
+    res = [str(r) for r in irkd.RESOLUTIONS]
+    head = ["cell", "setup", "student", "paper", "ours (32 px)", *[f"{r} px" for r in res],
+            "seeds", "train / test imgs", "wall s", "device"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    order = list(EXPERIMENTS)
+    for key in sorted(groups, key=lambda k: (k.endswith("(quick)"), order.index(k.split(" ")[0])
+                                             if k.split(" ")[0] in order else len(order), k)):
+        runs, base = groups[key], key.split(" ")[0]
+        cfg = EXPERIMENTS.get(base)
+        paper = PAPER.get(base)
+        by_res = [mean_std([r["test_acc_by_res"][x] for r in runs if x in r["test_acc_by_res"]]) for x in res]
+        lines.append("| " + " | ".join([
+            key, SETUP.get(base, "?"), f"{cfg.model} p{cfg.patch_size}" if cfg else "?",
+            f"{paper:.2f}" if paper else "–", mean_std([r["test_acc"] for r in runs]), *by_res,
+            ",".join(str(r["seed"]) for r in runs), f"{runs[0]['train_images']} / {runs[0]['test_images']}",
+            f"{statistics.mean(r['wall_s'] for r in runs):.0f}", runs[0]["device"]]) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     valid = list(EXPERIMENTS) + list(GROUPS)
     if not argv or argv[0] in ("-h", "--help"):
@@ -147,11 +194,32 @@ def main(argv: list[str]) -> int:
     if name == "list":
         print(list_experiments())
         return 0
+    if name == "report":
+        out = next((a.split("=", 1)[1] for a in rest if a.startswith("--out=")), "runs")
+        table = report(out)
+        print(table)
+        with open(os.path.join(out, "report.md"), "w") as f:
+            f.write(table + "\n")
+        return 0
     if name not in valid:
-        print(f"error: unknown experiment {name!r}; valid: list, {', '.join(valid)}", file=sys.stderr)
+        print(f"error: unknown experiment {name!r}; valid: list, report, {', '.join(valid)}", file=sys.stderr)
         return 2
+    seeds = None
+    if "--seeds" in rest:                      # "--seeds 0,1,2" -> "--seeds=0,1,2"
+        i = rest.index("--seeds")
+        rest[i:i + 2] = ["--seeds=" + (rest[i + 1] if i + 1 < len(rest) else "")]
+    for a in [a for a in rest if a.startswith("--seeds=")]:
+        rest.remove(a)
+        try:
+            seeds = [int(v) for v in a.split("=", 1)[1].split(",")]
+        except ValueError:
+            print(f"error: {a!r}: expected comma-separated integers, e.g. --seeds=0,1,2", file=sys.stderr)
+            return 2
     try:
         cfgs = configs_for(name, parse_overrides(rest))
+        if seeds is not None:  # repeats: NAME-seedN for each seed; teachers are trained once
+            cfgs = [c if c.name.startswith("teacher_") else dataclasses.replace(c, name=f"{c.name}-seed{s}", seed=s)
+                    for c in cfgs for s in (seeds if not c.name.startswith("teacher_") else [c.seed])]
         data = irkd.load_cifar10(cfgs[0].data)
     except (ValueError, irkd.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
