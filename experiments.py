@@ -55,9 +55,20 @@ EXPERIMENTS = {name: cell(name, s, p, setup) for name, s, p, setup, _ in TABLE}
 EXPERIMENTS.update({name: teacher_lib.teacher_config(patch) for name, patch, _ in TEACHERS})
 PAPER = {row[0]: row[-1] for row in TABLE} | {name: acc for name, _, acc in TEACHERS}
 SETUP = {name: setup for name, _, _, setup, _ in TABLE} | {name: "teacher" for name, _, _ in TEACHERS}
+
+# A reduced protocol that a 2-core CPU finishes in about two hours: the custom-student
+# column with a custom-size teacher (40 epochs), on 10,000 of the training images,
+# 30 epochs (5 per curriculum stage). Same code, smaller budget; the paper's number of
+# the full cell stands beside each for orientation only.
+CPU_PROTOCOL = dict(train_size=10000, val_size=1000, epochs=30, teacher_model="custom", teacher_epochs=40)
+for _name, _, _, _setup, _paper in TABLE[:5]:
+    _cpu = "cpu_" + _setup.lower().replace("+", "_")
+    EXPERIMENTS[_cpu] = dataclasses.replace(EXPERIMENTS[_name], name=_cpu, **CPU_PROTOCOL)
+    PAPER[_cpu], SETUP[_cpu] = _paper, _setup
 GROUPS = {
     "small_p4_all": ["tiny_p4_ce", "tiny_p4_cl", "tiny_p4_kd", "tiny_p4_kd_cl", "tiny_p4_kd_cl_sal"],
     "table": [name for name, _, _ in TEACHERS] + [row[0] for row in TABLE],
+    "cpu": [n for n in EXPERIMENTS if n.startswith("cpu_")],
 }
 NAMED = ["exp1a", "exp1b", "saliency_p2", "small_p4_all", "kdonly"]
 
@@ -67,7 +78,8 @@ def quick(cfg: irkd.Config) -> irkd.Config:
     if cfg.name.startswith("teacher_"):
         return teacher_lib.teacher_config(cfg.patch_size, quick=True, base=dataclasses.replace(cfg, out="runs/quick"))
     sizes = teacher_lib.quick_sizes(cfg.model, cfg.patch_size, epochs=len(cfg.resolutions))
-    return dataclasses.replace(cfg, quick=True, out=f"{cfg.out}/quick", **sizes)
+    return dataclasses.replace(cfg, quick=True, out=f"{cfg.out}/quick", teacher_model=teacher_lib.QUICK_PRESET,
+                               teacher_epochs=8, **sizes)
 
 
 def parse_overrides(argv: list[str]) -> dict:

@@ -615,6 +615,8 @@ class Config:
     gamma: float = 0.8
     saliency: str = "rollout"          # "rollout" (attention rollout) or "grad" (the original Grad-CAM)
     teacher: str = ""                  # checkpoint path; empty = the cached default teacher
+    teacher_model: str = "small"       # the teacher's preset (its recipe is in teacher.py)
+    teacher_epochs: int = 135
     teacher_res: str = "same"          # "same": the student's view; "full": the 32-px view
     # data and bookkeeping
     data: str = "data"
@@ -638,8 +640,9 @@ class Config:
         """Reject a config that cannot run, with a message that says what to change."""
         def bad(msg):
             raise ValueError(f"config {self.name!r}: {msg}")
-        if self.model not in PRESETS:
-            bad(f"model={self.model!r} is not a preset; valid: {', '.join(PRESETS)}")
+        for k in ("model", "teacher_model"):
+            if getattr(self, k) not in PRESETS:
+                bad(f"{k}={getattr(self, k)!r} is not a preset; valid: {', '.join(PRESETS)}")
         for r in (self.resolutions if self.cl else (32,)):
             if r % self.patch_size:
                 bad(f"resolution {r} is not divisible by patch_size={self.patch_size}; "
@@ -845,9 +848,13 @@ def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = 
         mix_gen.set_state(ckpt["mix_rng"])
         torch.set_rng_state(ckpt["torch_rng"])
         done, step, train_s, opt_state = ckpt["epoch"], ckpt["step"], ckpt["train_s"], ckpt["optimizer"]
-        with open(log_path) as f:
-            rows = [json.loads(line) for line in f if line.strip()][:done]
-        snapshots = torch.load(sal_path, weights_only=False)["stages"] if os.path.exists(sal_path) else []
+        try:
+            with open(log_path) as f:
+                rows = [json.loads(line) for line in f if line.strip()][:done]
+            snapshots = torch.load(sal_path, weights_only=False)["stages"] if os.path.exists(sal_path) else []
+        except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError, EOFError) as e:
+            raise ValueError(f"{run_dir}: log.jsonl or saliency.pt is damaged ({type(e).__name__}: {e}); "
+                             f"re-run with --resume=false to start the run over") from e
         print(f"resuming {cfg.name} from {run_dir}/checkpoint.pt after epoch {done}/{total_epochs}")
     with open(log_path + ".tmp", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
@@ -940,7 +947,9 @@ def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = 
                    params=count_params(model), wall_s=round(train_s + time.time() - t_eval, 1),
                    train_s=round(train_s, 1), device=device_name(device), seed=cfg.seed,
                    epochs=total_epochs, stages=stages, teacher=teacher_info,
-                   test_images=len(d["test_x"]), train_images=len(d["train_x"]), quick=cfg.quick)
+                   test_images=len(d["test_x"]), train_images=len(d["train_x"]), quick=cfg.quick,
+                   # which copy of the data: the official archive and the JPEG copy differ here
+                   test_md5=hashlib.md5(d["test_x"].cpu().numpy().tobytes()).hexdigest())
     save_atomic(dict(model=model.state_dict(), model_args=model_args(cfg), config=dataclasses.asdict(cfg),
                      test_acc=results["test_acc"]), os.path.join(run_dir, "model.pt"))
     write_json(os.path.join(run_dir, "results.json"), results)

@@ -22,18 +22,22 @@ import torch
 
 import irkd
 
-TEACHER_PRESET = "small"
 QUICK_PRESET = "custom"  # the quick teacher: the custom size at 32 px, a few epochs
 
 
 def teacher_config(patch_size: int = 4, *, quick: bool = False, base: irkd.Config | None = None) -> irkd.Config:
-    """The teacher recipe; `base` passes on where data, outputs and device are."""
+    """The teacher recipe for a student config `base` (its teacher_model, teacher_epochs,
+    data subset, outputs and device). The name says what differs from the paper's teacher,
+    so that differently trained teachers are cached apart."""
     base = base or irkd.Config()
+    name = f"teacher_{base.teacher_model}_p{patch_size}"
+    name += f"_{base.teacher_epochs}ep" if base.teacher_epochs != 135 else ""
+    name += f"_{base.train_size}img" if base.train_size else ""
     cfg = dataclasses.replace(
-        base, name=f"teacher_small_p{patch_size}", model=TEACHER_PRESET, patch_size=patch_size,
-        kd=False, cl=False, sal=False, epochs=135, lr=4e-4, weight_decay=2e-4, schedule="onecycle",
-        warmup_epochs=10, label_smoothing=0.01, mixup=True, dropout=0.0, fresh_optimizer=True,
-        teacher="", quick=quick)
+        base, name=name, model=base.teacher_model, patch_size=patch_size, kd=False, cl=False, sal=False,
+        epochs=base.teacher_epochs, lr=4e-4, weight_decay=2e-4, schedule="onecycle",
+        warmup_epochs=max(1, base.teacher_epochs // 13), label_smoothing=0.01, mixup=True, dropout=0.0,
+        fresh_optimizer=True, teacher="", quick=quick)
     if quick:
         cfg = dataclasses.replace(cfg, name=f"teacher_quick_p{patch_size}", model=QUICK_PRESET,
                                   **quick_sizes(QUICK_PRESET, patch_size, epochs=8), warmup_epochs=1,
@@ -87,7 +91,7 @@ def ensure_teacher(cfg: irkd.Config, data: dict | None = None):
     is refused: the student would silently distil from the wrong model.
     """
     path = cfg.teacher or default_path(cfg)
-    expected = QUICK_PRESET if cfg.quick and not cfg.teacher else TEACHER_PRESET
+    expected = QUICK_PRESET if cfg.quick and not cfg.teacher else cfg.teacher_model
     if not cfg.teacher and not os.path.exists(path):
         tcfg = teacher_config(cfg.patch_size, quick=cfg.quick, base=cfg)
         eta = estimate_seconds(tcfg)
@@ -102,7 +106,7 @@ def ensure_teacher(cfg: irkd.Config, data: dict | None = None):
             f"teacher checkpoint {path} is a {args['preset']} model with patch {args['patch_size']}"
             f"{' and a distillation token' if args['distill_token'] else ''}; this experiment needs a "
             f"{expected} teacher with patch {cfg.patch_size} (train it with "
-            f"`python teacher.py --patch_size={cfg.patch_size}` or pass --teacher=PATH)")
+            f"`python teacher.py --patch_size={cfg.patch_size}` or pass --teacher=PATH and --teacher_model=PRESET)")
     info = dict(path=os.path.abspath(path), md5=irkd.md5sum(path), preset=args["preset"],
                 patch_size=args["patch_size"], test_acc=ckpt.get("test_acc"))
     return model, info
@@ -112,7 +116,9 @@ def main(argv: list[str]) -> int:
     from experiments import parse_overrides  # the one CLI parser, shared with the experiments
     try:
         overrides = parse_overrides(argv)
-        cfg = teacher_config(overrides.pop("patch_size", 4), quick=overrides.pop("quick", False))
+        quick = overrides.pop("quick", False)
+        base = irkd.Config(out="runs/quick") if quick else None  # where quick students look for it
+        cfg = teacher_config(overrides.pop("patch_size", 4), quick=quick, base=base)
         cfg = dataclasses.replace(cfg, **overrides)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

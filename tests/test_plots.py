@@ -1,0 +1,169 @@
+"""plots.py on synthetic run directories: every figure is a real PNG, and bad or missing
+run directories give one clear line and exit code 2, never a traceback."""
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import plots  # noqa: E402
+
+STAGES = [(12, 3), (20, 5), (32, 8)]   # (resolution, grid of a patch-4 model)
+
+
+def write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f)
+
+
+def make_run(root, name="exp1b", *, results=True, saliency=True, teacher_grid=None, kd=True, sal=True):
+    """A run directory as irkd.train writes it: 6 epochs over 3 curriculum stages."""
+    d = root / name
+    d.mkdir(parents=True)
+    write_json(d / "config.json", dict(name=name, model="custom", patch_size=4, kd=kd, cl=True, sal=sal,
+                                       alpha=0.5, gamma=0.8, quick=True, params=547732))
+    heads = ["cls", "dist", "avg"] if kd else ["cls"]
+    with open(d / "log.jsonl", "w") as f:
+        for epoch in range(1, 7):
+            stage = (epoch - 1) // 2
+            val = 20.0 + 2 * epoch
+            f.write(json.dumps(dict(
+                stage=stage, res=STAGES[stage][0], epoch=epoch, stage_epoch=(epoch - 1) % 2 + 1, lr=3e-4,
+                loss=2.0 / epoch, ce=2.2 / epoch, kd=0.5 / epoch if kd else 0.0, sal=0.05 / epoch if sal else 0.0,
+                train_acc=18.0 + 3 * epoch, val_acc=val, val_heads={h: val for h in heads},
+                seconds=1.0, images_per_s=1000.0)) + "\n")
+    if results:
+        by_res = {str(r): 25.0 + r / 4 for r in (12, 16, 20, 24, 28, 32)}
+        write_json(d / "results.json", dict(
+            name=name, test_acc=by_res["32"], test_head=heads[-1], test_acc_by_res=by_res,
+            heads={h: by_res for h in heads}, params=547732, wall_s=40.0, device="cpu", quick=True,
+            epochs=6, train_images=3968, test_images=2000))
+    if saliency:
+        g = torch.Generator().manual_seed(0)
+        stages = []
+        for i, (res, grid) in enumerate(STAGES):
+            snap = dict(stage=i, res=res, student=torch.rand(8, grid, grid, generator=g))
+            if kd:
+                tg = teacher_grid or grid
+                snap["teacher"] = torch.rand(8, tg, tg, generator=g)
+            stages.append(snap)
+        torch.save(dict(images=torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=g),
+                        labels=torch.arange(8), stages=stages), d / "saliency.pt")
+    return d
+
+
+def assert_png(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    assert len(data) > 1024, f"{path} is only {len(data)} bytes"
+    assert len(data) < 200_000, f"{path} is {len(data)} bytes; figures should stay under 200 KB"
+
+
+def test_every_figure_is_a_png(tmp_path):
+    student = make_run(tmp_path, "exp1b")
+    teacher = make_run(tmp_path, "teacher_quick_p4", kd=False, sal=False, saliency=False)
+    out = tmp_path / "fig"
+    out.mkdir()
+    assert_png(plots.plot_curves(str(student), str(out / "curves.png")))
+    assert_png(plots.plot_curves(str(teacher), str(out / "curves_teacher.png")))
+    assert_png(plots.plot_saliency(str(student), str(out / "saliency.png")))
+    assert_png(plots.plot_resolution([str(student), str(teacher)], str(out / "resolution.png")))
+    assert_png(plots.plot_table([str(student), str(teacher)], str(out / "table.png")))
+
+
+def test_saliency_without_teacher_and_with_a_finer_teacher_grid(tmp_path):
+    # A CE run has student maps only; teacher_res="full" gives the teacher the 32-px grid.
+    ce = make_run(tmp_path, "custom_p4_cl", kd=False, sal=False)
+    full = make_run(tmp_path, "exp1a", teacher_grid=8)
+    assert_png(plots.plot_saliency(str(ce), str(tmp_path / "ce.png")))
+    assert_png(plots.plot_saliency(str(full), str(tmp_path / "full.png"), n_images=2))
+
+
+def test_main_writes_all_figures(tmp_path, capsys):
+    a, b = make_run(tmp_path / "runs", "exp1b"), make_run(tmp_path / "runs", "exp1a", sal=False)
+    out = tmp_path / "figs"
+    assert plots.main([str(a), str(b), "--out", str(out)]) == 0
+    names = sorted(os.listdir(out))
+    assert names == ["curves_exp1a.png", "curves_exp1b.png", "resolution.png", "saliency_exp1a.png",
+                     "saliency_exp1b.png", "table.png"]
+    for n in names:
+        assert_png(out / n)
+    # Without --out: figures/ beside the run directories.
+    assert plots.main([str(a)]) == 0
+    assert (tmp_path / "runs" / "figures" / "curves_exp1b.png").exists()
+
+
+def test_missing_directory_is_one_clear_line(tmp_path, capsys):
+    missing = tmp_path / "quick" / "exp1b"
+    assert plots.main([str(missing), "--out", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.count("\n") == 1
+    assert "does not exist" in err and "python experiments.py exp1b --quick" in err
+
+
+def test_directory_without_log(tmp_path, capsys):
+    (tmp_path / "exp1a").mkdir()
+    assert plots.main([str(tmp_path / "exp1a")]) == 2
+    err = capsys.readouterr().err
+    assert "has no log.jsonl" in err and "python experiments.py exp1a" in err and "Traceback" not in err
+
+
+def test_truncated_results_json(tmp_path, capsys):
+    d = make_run(tmp_path, "exp1b")
+    text = (d / "results.json").read_text()
+    (d / "results.json").write_text(text[: len(text) // 2])
+    out = tmp_path / "f"
+    assert plots.main([str(d), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert "results.json is truncated or not valid JSON" in err and "python experiments.py exp1b" in err
+    assert not out.exists() or not os.listdir(out)   # nothing drawn from a broken run
+
+
+def test_truncated_log_line_in_the_middle(tmp_path, capsys):
+    d = make_run(tmp_path, "exp1b")
+    lines = (d / "log.jsonl").read_text().splitlines(keepends=True)
+    lines[2] = lines[2][:20] + "\n"
+    (d / "log.jsonl").write_text("".join(lines))
+    assert plots.main([str(d)]) == 2
+    err = capsys.readouterr().err
+    assert "log.jsonl line 3 is truncated" in err and "Traceback" not in err
+
+
+def test_partial_run_still_gets_curves(tmp_path, capsys):
+    # Still training: no results.json, and the last log line half written.
+    d = make_run(tmp_path, "exp1b", results=False)
+    with open(d / "log.jsonl", "a") as f:
+        f.write('{"stage": 2, "res": 32, "epo')
+    out = tmp_path / "f"
+    assert plots.main([str(d), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "no results.json yet" in printed
+    assert_png(out / "curves_exp1b.png")
+    assert_png(out / "saliency_exp1b.png")
+    assert not (out / "resolution.png").exists() and not (out / "table.png").exists()
+
+
+def test_bad_arguments(tmp_path, capsys):
+    assert plots.main([]) == 2
+    assert plots.main(["--colour=red", str(tmp_path)]) == 2
+    assert plots.main([str(tmp_path), "--out"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 3
+
+
+@pytest.mark.parametrize("run_dir, command", [
+    ("runs/quick/exp1b", "python experiments.py exp1b --quick"),
+    ("runs/tiny_p4_ce", "python experiments.py tiny_p4_ce"),
+    ("runs/quick/teacher_quick_p2", "python experiments.py teacher_small_p2 --quick"),
+    ("elsewhere/exp1a", "python experiments.py exp1a --out=elsewhere"),
+])
+def test_make_command(run_dir, command):
+    assert plots.make_command(run_dir) == command
