@@ -113,9 +113,10 @@ def _read_batch(path: str, root: str) -> tuple[torch.Tensor, torch.Tensor]:
         raise DataError(f"{path} is corrupt or truncated ({type(e).__name__}: {e}). "
                         f"Delete {os.path.join(root, CIFAR_DIR)} and run again to re-download, "
                         f"or {_where_to_put(root)}") from e
-    if len(images) != len(labels) or labels.min() < 0 or labels.max() > 9:
+    if len(labels) == 0 or len(images) != len(labels) or labels.min() < 0 or labels.max() > 9:
+        span = f"[{labels.min()}, {labels.max()}]" if len(labels) else "none"
         raise DataError(f"{path} has {len(images)} images, {len(labels)} labels and labels in "
-                        f"[{labels.min()}, {labels.max()}]: not a CIFAR-10 batch. {_where_to_put(root)}")
+                        f"{span}: not a CIFAR-10 batch. {_where_to_put(root)}")
     return images, labels
 
 
@@ -643,7 +644,7 @@ class Config:
         for k in ("model", "teacher_model"):
             if getattr(self, k) not in PRESETS:
                 bad(f"{k}={getattr(self, k)!r} is not a preset; valid: {', '.join(PRESETS)}")
-        for r in (self.resolutions if self.cl else (32,)):
+        for r in sorted(set(self.resolutions) | {32}):   # trained (with cl) and evaluated at all
             if r % self.patch_size:
                 bad(f"resolution {r} is not divisible by patch_size={self.patch_size}; "
                     f"choose resolutions that are multiples of {self.patch_size}")

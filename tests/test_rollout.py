@@ -1,0 +1,202 @@
+"""attention_rollout against closed forms, a hand-worked matrix example and a numpy oracle."""
+import numpy as np
+import pytest
+import torch
+
+import irkd
+from test_model import tiny_vit
+
+
+def random_attention(B, H, N, seed):
+    """Row-stochastic (B, H, N, N) attention with distinct entries (no ties for the discard)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.softmax(3 * torch.randn(B, H, N, N, generator=g, dtype=torch.float64), -1).float()
+
+
+def oracle(attentions, token=0, num_prefix=1, head_fusion="mean", discard_ratio=0.0):
+    """Abnar & Zuidema rollout, one sample at a time in numpy: fuse heads, drop the weakest
+    links (never the diagonal nor a prefix column), add I, renormalise rows, multiply."""
+    B, _, N, _ = attentions[0].shape
+    fuse = dict(mean=lambda a: a.mean(0), max=lambda a: a.max(0), min=lambda a: a.min(0))[head_fusion]
+    maps = []
+    for b in range(B):
+        R = np.eye(N)
+        for layer in attentions:
+            a = fuse(layer[b].double().numpy()).copy()
+            if discard_ratio > 0:
+                free = [(i, j) for i in range(N) for j in range(N) if i != j and j >= num_prefix]
+                k = int(len(free) * discard_ratio)
+                for i, j in sorted(free, key=lambda ij: a[ij])[:k]:
+                    a[i, j] = 0.0
+            a = (a + np.eye(N)) / 2
+            a = a / a.sum(1, keepdims=True)
+            R = a @ R
+        g = int(round((N - num_prefix) ** 0.5))
+        maps.append(R[token, num_prefix:].reshape(g, g))
+    return torch.tensor(np.stack(maps), dtype=torch.float32)
+
+
+def test_uniform_attention_closed_form():
+    # With uniform attention U = J/N, one layer gives B = (U + I)/2 (rows already sum to 1),
+    # and B^L = I/2^L + (1 - 1/2^L) U, so every patch gets (1 - 2^-L) / N from the cls row.
+    N = 1 + 9
+    for L in (1, 2, 3):
+        attns = [torch.full((2, 3, N, N), 1.0 / N) for _ in range(L)]
+        got = irkd.attention_rollout(attns)
+        assert got.shape == (2, 3, 3)
+        torch.testing.assert_close(got, torch.full((2, 3, 3), (1 - 2.0 ** -L) / N), atol=1e-6, rtol=0)
+
+
+def test_identity_attention_gives_no_flow_to_patches():
+    N = 1 + 4
+    attns = [torch.eye(N).expand(1, 2, N, N).clone() for _ in range(3)]
+    torch.testing.assert_close(irkd.attention_rollout(attns), torch.zeros(1, 2, 2), atol=0, rtol=0)
+    # a patch token's own row: all its flow is to itself
+    got = irkd.attention_rollout(attns, token=3)
+    want = torch.tensor([[[0.0, 0.0], [1.0, 0.0]]])     # token 3 = patch index 2 = (row 1, col 0)
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+def test_hand_worked_two_layers():
+    # N = cls + 4 patches, 2 heads, 2 layers; every step written out as explicit matrices.
+    l1h1 = torch.tensor([[.2, .2, .2, .2, .2],
+                         [.5, .5, 0., 0., 0.],
+                         [.1, .2, .3, .4, 0.],
+                         [0., 0., 0., 1., 0.],
+                         [.25, 0., .25, 0., .5]])
+    l1h2 = torch.tensor([[.6, .1, .1, .1, .1],
+                         [0., 1., 0., 0., 0.],
+                         [.3, .3, .4, 0., 0.],
+                         [.2, .2, .2, .2, .2],
+                         [0., 0., 0., .5, .5]])
+    l2h1 = torch.tensor([[.1, .4, .1, .1, .3],
+                         [.2, .2, .2, .2, .2],
+                         [0., .5, .5, 0., 0.],
+                         [.4, 0., 0., .6, 0.],
+                         [.1, .1, .1, .1, .6]])
+    l2h2 = torch.tensor([[.3, 0., .3, .4, 0.],
+                         [.2, .2, .2, .2, .2],
+                         [.2, .2, .2, .2, .2],
+                         [0., 0., 1., 0., 0.],
+                         [.5, 0., 0., 0., .5]])
+    I = torch.eye(5)
+
+    def layer(h1, h2):
+        a = (h1 + h2) / 2                       # fuse heads: mean
+        a = (a + I) / 2                         # residual
+        return a / a.sum(1, keepdim=True)       # rows sum to 1 (already do: kept for clarity)
+
+    R = layer(l2h1, l2h2) @ layer(l1h1, l1h2)   # later layer on the left
+    want = R[0, 1:].reshape(1, 2, 2)
+    attns = [torch.stack([l1h1, l1h2])[None], torch.stack([l2h1, l2h2])[None]]
+    got = irkd.attention_rollout(attns)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    # and the same numbers by hand for one entry: patch 1 (column 1)
+    A1 = ((l1h1 + l1h2) / 2 + I) / 2
+    A2 = ((l2h1 + l2h2) / 2 + I) / 2
+    by_hand = sum(A2[0, m] * A1[m, 1] for m in range(5))
+    assert abs(got[0, 0, 0].item() - by_hand.item()) < 1e-6
+    # the order matters: A1 @ A2 is a different answer
+    assert (got[0] - (A1 @ A2)[0, 1:].reshape(2, 2)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("head_fusion", ["mean", "max", "min"])
+def test_matches_oracle(head_fusion):
+    attns = [random_attention(3, 4, 1 + 16, seed=s) for s in range(3)]
+    got = irkd.attention_rollout(attns, head_fusion=head_fusion)
+    assert got.shape == (3, 4, 4)
+    torch.testing.assert_close(got, oracle(attns, head_fusion=head_fusion), atol=1e-5, rtol=0)
+
+
+def test_head_fusions_differ():
+    attns = [random_attention(2, 4, 1 + 4, seed=s) for s in range(2)]
+    maps = {h: irkd.attention_rollout(attns, head_fusion=h) for h in ("mean", "max", "min")}
+    assert (maps["max"] - maps["mean"]).abs().max() > 1e-3
+    assert (maps["min"] - maps["mean"]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="head_fusion"):
+        irkd.attention_rollout(attns, head_fusion="median")
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.9])
+def test_discard_matches_oracle(ratio):
+    attns = [random_attention(3, 2, 1 + 9, seed=10 + s) for s in range(2)]
+    got = irkd.attention_rollout(attns, discard_ratio=ratio)
+    torch.testing.assert_close(got, oracle(attns, discard_ratio=ratio), atol=1e-5, rtol=0)
+    assert (got - irkd.attention_rollout(attns)).abs().max() > 1e-3   # the discard did something
+
+
+def test_discard_is_per_sample():
+    attns = [random_attention(2, 2, 1 + 4, seed=20 + s) for s in range(2)]
+    both = irkd.attention_rollout(attns, discard_ratio=0.5)
+    for b in range(2):
+        alone = irkd.attention_rollout([a[b:b + 1] for a in attns], discard_ratio=0.5)
+        torch.testing.assert_close(both[b:b + 1], alone, atol=1e-6, rtol=0)
+    # sample 1 with sample 0's mask would be a different map
+    swapped = irkd.attention_rollout([a.flip(0) for a in attns], discard_ratio=0.5)
+    torch.testing.assert_close(swapped.flip(0), both, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("num_prefix", [1, 2])
+def test_discard_never_drops_diagonal_or_prefix_columns(num_prefix):
+    # The diagonal and the prefix columns hold the smallest weights, so a discard that did not
+    # protect them would drop them first; one layer, every row read through `token`.
+    N = num_prefix + 4
+    a = torch.full((N, N), 1.0)
+    a += torch.arange(N * N, dtype=torch.float32).view(N, N) * 0.01     # distinct values
+    a.fill_diagonal_(0.05)
+    a[:, :num_prefix] = 0.02
+    a[range(N), range(N)] = 0.05
+    a = a / a.sum(1, keepdim=True)
+    attns = [a.expand(1, 1, N, N).clone()]
+    for token in range(N):
+        got = irkd.attention_rollout(attns, token=token, num_prefix=num_prefix, discard_ratio=0.75)
+        want = oracle(attns, token=token, num_prefix=num_prefix, discard_ratio=0.75)
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    # direct check on one row: the diagonal survives, and the row is renormalised including
+    # the prefix columns (dropping them would change every patch value)
+    kept = a.clone()
+    free = [(i, j) for i in range(N) for j in range(N) if i != j and j >= num_prefix]
+    for ij in sorted(free, key=lambda ij: kept[ij].item())[:int(len(free) * 0.75)]:
+        kept[ij] = 0
+    row = (kept[0] + torch.eye(N)[0]) / 2
+    row = row / row.sum()
+    got = irkd.attention_rollout(attns, token=0, num_prefix=num_prefix, discard_ratio=0.75)
+    torch.testing.assert_close(got.flatten(), row[num_prefix:], atol=1e-6, rtol=0)
+
+
+def test_two_prefix_tokens():
+    N = 2 + 9
+    attns = [random_attention(2, 3, N, seed=30 + s) for s in range(2)]
+    got_dist = irkd.attention_rollout(attns, token=1, num_prefix=2)
+    got_cls = irkd.attention_rollout(attns, token=0, num_prefix=2)
+    assert got_dist.shape == (2, 3, 3)
+    torch.testing.assert_close(got_dist, oracle(attns, token=1, num_prefix=2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(got_cls, oracle(attns, token=0, num_prefix=2), atol=1e-5, rtol=0)
+    assert (got_dist - got_cls).abs().max() > 1e-3
+    # explicit: row 1, columns 2: (the dist token's column is not a patch)
+    R = torch.eye(N, dtype=torch.float64)
+    for a in attns:
+        m = (a.double().mean(1) + torch.eye(N, dtype=torch.float64)) / 2
+        R = (m / m.sum(-1, keepdim=True)) @ R
+    torch.testing.assert_close(got_dist, R[:, 1, 2:].reshape(2, 3, 3).float(), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="square"):
+        irkd.attention_rollout(attns, num_prefix=1)     # 10 "patches" is not a square grid
+
+
+def test_rollout_of_a_model_is_differentiable():
+    torch.manual_seed(0)
+    model = tiny_vit(4, distill_token=True)
+    (cls, dist), attns = model(torch.randn(2, 3, 16, 16), return_attn=True)
+    m = irkd.attention_rollout(attns, num_prefix=2)
+    assert m.shape == (2, 4, 4)
+    target = torch.rand(2, 4, 4)
+    irkd.saliency_loss(m, target).backward()
+    for blk in model.blocks:
+        assert blk.attn.qkv.weight.grad is not None
+        assert blk.attn.qkv.weight.grad.abs().sum() > 0
+
+
+def test_rollout_dtype_and_device_follow_input():
+    attns = [random_attention(1, 2, 5, seed=1).to(torch.bfloat16)]
+    out = irkd.attention_rollout(attns)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()

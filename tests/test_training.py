@@ -1,0 +1,298 @@
+"""train(): the curriculum, the optimizer per stage, KD + saliency, teacher_res, outputs,
+evaluation, and an end-to-end "it must learn" run on an easy synthetic task."""
+import dataclasses
+import json
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+import irkd
+from conftest import make_data, write_cifar
+from test_model import tiny_vit
+
+RESULT_KEYS = {"name", "test_acc", "test_acc_by_res", "heads", "params", "wall_s", "device"}
+LOG_KEYS = {"res", "epoch", "lr", "loss", "ce", "kd", "sal", "train_acc", "val_acc", "seconds", "images_per_s"}
+
+
+def small_cfg(tmp_path, **kw):
+    base = dict(name="t", model="custom", cl=True, resolutions=(8, 16), epochs=2, batch_size=32,
+                train_size=64, val_size=32, test_size=64, out=str(tmp_path), device="cpu", seed=0)
+    return irkd.Config(**(base | kw))
+
+
+def read_log(run_dir):
+    with open(os.path.join(run_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class RecordingTeacher(nn.Module):
+    """A teacher that records every input it sees (its forward signature is ViT's)."""
+
+    def __init__(self, inner, events):
+        super().__init__()
+        self.inner, self.events = inner, events
+        self.num_prefix, self.blocks = inner.num_prefix, inner.blocks
+
+    def forward(self, x, return_attn=False):
+        self.events.append(("teacher", x.detach().clone()))
+        return self.inner(x, return_attn)
+
+
+def record_student_inputs(monkeypatch, events):
+    real = irkd.build_model
+
+    def build(*a, **kw):
+        model = real(*a, **kw)
+        model.register_forward_pre_hook(lambda m, args: events.append(("student", args[0].detach().clone())))
+        return model
+
+    monkeypatch.setattr(irkd, "build_model", build)
+
+
+# ----------------------------------------------------------------------------- curriculum and outputs
+
+def test_curriculum_run_outputs(tmp_path, train_data, capsys):
+    cfg = small_cfg(tmp_path)
+    results = irkd.train(cfg, data=train_data)
+    run_dir = tmp_path / "t"
+    rows = read_log(run_dir)
+    assert [r["res"] for r in rows] == [8, 16]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for r in rows:
+        assert LOG_KEYS <= set(r)
+        assert r["kd"] == 0 and r["sal"] == 0 and r["loss"] > 0
+        assert abs(r["loss"] - r["ce"]) < 1e-4               # plain CE run
+        assert r["lr"] == pytest.approx(3e-4)
+    for f in ("config.json", "results.json", "model.pt", "checkpoint.pt", "log.jsonl"):
+        assert (run_dir / f).exists(), f
+    saved = json.load(open(run_dir / "results.json"))
+    assert RESULT_KEYS <= set(saved)
+    assert saved == json.loads(json.dumps(results))
+    assert saved["name"] == "t"
+    assert set(saved["test_acc_by_res"]) == {"8", "16", "32"}
+    assert saved["test_acc"] == saved["test_acc_by_res"]["32"]
+    assert set(saved["heads"]) == {"cls"}
+    assert saved["params"] == irkd.count_params(irkd.build_model("custom", patch_size=4))
+    assert saved["wall_s"] >= 0 and "cpu" in saved["device"]
+    config = json.load(open(run_dir / "config.json"))
+    assert {f.name for f in dataclasses.fields(irkd.Config)} <= set(config)
+    assert config["resolutions"] == [8, 16] and config["cl"] is True
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert ckpt["epoch"] == 2 and ckpt["step"] == 4               # 64 images / 32 = 2 steps per epoch
+    assert {"model", "optimizer", "model_args", "config"} <= set(ckpt)
+
+
+def test_saved_model_reloads_and_reproduces_test_acc(tmp_path, train_data, capsys):
+    results = irkd.train(small_cfg(tmp_path), data=train_data)
+    ckpt = torch.load(tmp_path / "t" / "model.pt", weights_only=True)
+    assert {"model", "model_args"} <= set(ckpt)
+    assert ckpt["model_args"]["preset"] == "custom" and ckpt["model_args"]["patch_size"] == 4
+    model, meta = irkd.load_model(str(tmp_path / "t" / "model.pt"))
+    test_x, test_y = train_data["test_x"][:64], train_data["test_y"][:64]
+    for res in (8, 16, 32):
+        acc = irkd.evaluate(model, test_x, test_y, res)["cls"]
+        assert acc == results["test_acc_by_res"][str(res)]
+
+
+@pytest.mark.parametrize("fresh,expected_calls", [(True, 2), (False, 1)])
+def test_optimizer_recreated_per_stage(tmp_path, train_data, monkeypatch, capsys, fresh, expected_calls):
+    calls = []
+    real = irkd.make_optimizer
+
+    def counting(model, cfg):
+        opt = real(model, cfg)
+        calls.append(opt)
+        return opt
+
+    monkeypatch.setattr(irkd, "make_optimizer", counting)
+    irkd.train(small_cfg(tmp_path, epochs=4, fresh_optimizer=fresh), data=train_data)   # 2 stages x 2 epochs
+    assert len(calls) == expected_calls
+    if fresh:
+        assert calls[0] is not calls[1]
+        # the second optimizer started from zero moments: after 2 epochs x 2 steps it has step 4
+        steps = [s["step"].item() for s in calls[1].state.values()]
+        assert steps and all(s == 4 for s in steps)
+    else:
+        steps = [s["step"].item() for s in calls[0].state.values()]
+        assert steps and all(s == 8 for s in steps)
+
+
+def test_make_optimizer_groups():
+    model = tiny_vit(4, distill_token=True)
+    cfg = irkd.Config(lr=1e-3, weight_decay=0.05)
+    opt = irkd.make_optimizer(model, cfg)
+    assert isinstance(opt, torch.optim.AdamW)
+    decay, rest = opt.param_groups
+    assert decay["weight_decay"] == 0.05 and rest["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay_names = {names[id(p)] for p in decay["params"]}
+    rest_names = {names[id(p)] for p in rest["params"]}
+    assert {"cls_token", "dist_token", "pos_embed"} <= rest_names
+    assert "blocks.0.attn.qkv.weight" in decay_names and "patch_embed.weight" in decay_names
+    assert "head.weight" in decay_names and "head_dist.weight" in decay_names
+    assert all(n.endswith("bias") or "norm" in n or n in {"cls_token", "dist_token", "pos_embed"}
+               for n in rest_names)
+    assert len(decay_names) + len(rest_names) == len(list(model.parameters()))
+    assert all(g["lr"] == 1e-3 for g in opt.param_groups)
+
+
+def test_lr_schedule():
+    const = irkd.Config(lr=3e-4)
+    assert all(irkd.lr_at(const, s, 100, 10) == 3e-4 for s in (0, 50, 99))
+    cyc = irkd.Config(lr=4e-4, schedule="onecycle")
+    assert irkd.lr_at(cyc, 0, 100, 10) == pytest.approx(4e-5)
+    assert irkd.lr_at(cyc, 9, 100, 10) == pytest.approx(4e-4)
+    assert irkd.lr_at(cyc, 10, 100, 10) == pytest.approx(4e-4)
+    assert irkd.lr_at(cyc, 55, 100, 10) == pytest.approx(2e-4)        # half way through the cosine
+    assert irkd.lr_at(cyc, 100, 100, 10) == pytest.approx(0.0, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- distillation runs
+
+def kd_teacher():
+    torch.manual_seed(123)
+    return tiny_vit(4)
+
+
+def test_kd_sal_run(tmp_path, train_data, capsys):
+    cfg = small_cfg(tmp_path, kd=True, sal=True)
+    results = irkd.train(cfg, teacher=kd_teacher(), data=train_data)
+    rows = read_log(tmp_path / "t")
+    assert [r["res"] for r in rows] == [8, 16]
+    for r in rows:
+        assert r["kd"] > 0 and r["sal"] > 0
+        # the logged loss is the mix of its logged parts (all are per-step means)
+        want = 0.5 * r["ce"] + 0.5 * r["kd"] + 0.8 * r["sal"]
+        assert abs(r["loss"] - want) < 1e-4 * max(1.0, want)
+        assert set(r["val_heads"]) == {"cls", "dist", "avg"}
+    assert set(results["heads"]) == {"cls", "dist", "avg"}
+    for h in ("cls", "dist", "avg"):
+        assert set(results["heads"][h]) == {"8", "16", "32"}
+    assert results["test_acc"] == results["heads"]["avg"]["32"]
+    assert results["test_acc_by_res"] == results["heads"]["avg"]
+    model, _ = irkd.load_model(str(tmp_path / "t" / "model.pt"))
+    assert model.head_dist is not None
+
+
+def test_kd_trains_the_dist_head(tmp_path, train_data, capsys):
+    irkd.train(small_cfg(tmp_path, kd=True), data=train_data, teacher=kd_teacher())
+    model, _ = irkd.load_model(str(tmp_path / "t" / "model.pt"))
+    torch.manual_seed(0)
+    fresh = irkd.build_model("custom", patch_size=4, distill_token=True)
+    assert (model.head_dist.weight - fresh.head_dist.weight).abs().max() > 1e-4
+    assert (model.dist_token - fresh.dist_token).abs().max() > 1e-5
+
+
+@pytest.mark.parametrize("teacher_res", ["full", "same"])
+def test_teacher_resolution(tmp_path, train_data, monkeypatch, capsys, teacher_res):
+    events = []
+    record_student_inputs(monkeypatch, events)
+    teacher = RecordingTeacher(kd_teacher(), events)
+    cfg = small_cfg(tmp_path, kd=True, sal=True, teacher_res=teacher_res)
+    irkd.train(cfg, teacher=teacher, data=train_data)
+    pairs = [(events[i - 1], events[i]) for i in range(1, len(events)) if events[i][0] == "teacher"]
+    assert len(pairs) >= 4                                   # 2 stages x 2 steps (+ snapshots)
+    seen = []
+    for (who, xs), (_, xt) in pairs:
+        assert who == "student"                              # every teacher call follows a student forward
+        res = xs.shape[-1]
+        seen.append((res, xt.shape[-1]))
+        if teacher_res == "full":
+            assert xt.shape[-2:] == (32, 32)
+            # both views come from one augmented image: the student's is the teacher's, resized
+            torch.testing.assert_close(irkd.resize(xt, res), xs, atol=1e-5, rtol=0)
+        else:
+            assert torch.equal(xt, xs)
+    student_res = sorted({s for s, _ in seen})
+    assert student_res == [8, 16]
+    assert {t for _, t in seen} == ({32} if teacher_res == "full" else {8, 16})
+
+
+def test_kd_requires_teacher(tmp_path, train_data):
+    with pytest.raises(ValueError, match="teacher"):
+        irkd.train(small_cfg(tmp_path, kd=True), data=train_data)
+
+
+def test_non_cl_run_is_one_stage_at_32(tmp_path, train_data, capsys):
+    irkd.train(small_cfg(tmp_path, cl=False, resolutions=(16, 32), epochs=2), data=train_data)
+    assert [r["res"] for r in read_log(tmp_path / "t")] == [32, 32]
+
+
+def test_train_reads_cfg_data(tmp_path, capsys):
+    # The whole path from files on disk: 5 x 1,010 images, 50 left for training after the
+    # fixed 5,000-image validation split.
+    root = tmp_path / "data"
+    write_cifar(root, n_per_batch=1010, n_test=40)
+    cfg = small_cfg(tmp_path, data=str(root), train_size=0, val_size=16, test_size=0, epochs=2)
+    results = irkd.train(cfg)
+    assert results["train_images"] == 50 and results["test_images"] == 40
+    assert len(read_log(tmp_path / "t")) == 2
+
+
+def test_check_rejects_bad_eval_resolution_without_cl():
+    with pytest.raises(ValueError, match="patch_size"):
+        irkd.Config(cl=False, patch_size=4, resolutions=(12, 18)).check()
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+class FixedLogits(nn.Module):
+    """Returns stored (cls, dist) logits for the batch, whatever the image."""
+
+    def __init__(self, cls, dist):
+        super().__init__()
+        self.cls, self.dist, self.seen = cls, dist, []
+
+    def forward(self, x):
+        self.seen.append(tuple(x.shape))
+        i = sum(s[0] for s in self.seen[:-1])
+        return self.cls[i:i + len(x)], self.dist[i:i + len(x)]
+
+
+def test_evaluate_heads_and_average():
+    # 3 images, labels [0, 1, 2]
+    cls = torch.tensor([[2.0, 1.9, 0.0], [0.0, 5.0, 0.0], [1.0, 0.0, 0.0]])
+    dist = torch.tensor([[0.0, 9.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 1.0]])
+    # image 0: cls says 0 (barely), dist says 1 (confidently) -> avg of softmaxes says 1
+    # image 2: cls says 0, dist says 2; softmax(1,0,0) vs softmax(0,0,1): a tie broken by argmax
+    model = FixedLogits(cls, dist).train()
+    x = torch.zeros(3, 3, 32, 32, dtype=torch.uint8)
+    y = torch.tensor([0, 1, 2])
+    acc = irkd.evaluate(model, x, y, 16, batch_size=2)
+    assert acc["cls"] == pytest.approx(200 / 3, abs=0.01)
+    assert acc["dist"] == pytest.approx(200 / 3, abs=0.01)
+    avg = (cls.softmax(-1) + dist.softmax(-1)).argmax(-1)
+    assert acc["avg"] == pytest.approx(100 * (avg == y).float().mean().item(), abs=0.01)
+    assert avg[0] == 1
+    assert model.training                                     # mode restored
+    assert model.seen == [(2, 3, 16, 16), (1, 3, 16, 16)]     # batched, resized to res
+
+
+def test_evaluate_all_every_resolution():
+    torch.manual_seed(0)
+    model = tiny_vit(4)
+    x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    y = torch.randint(0, 10, (6,))
+    out = irkd.evaluate_all(model, x, y, (12, 16))
+    assert set(out) == {"cls"} and set(out["cls"]) == {"12", "16", "32"}
+    out = irkd.evaluate_all(model, x, y)
+    assert list(out["cls"]) == ["12", "16", "20", "24", "28", "32"]
+    for r in (12, 20, 32):
+        assert out["cls"][str(r)] == irkd.evaluate(model, x, y, r)["cls"]
+
+
+# ----------------------------------------------------------------------------- it must learn
+
+def test_learns_easy_task(tmp_path, capsys):
+    data = make_data(5000 + 256, 200, kind="easy", seed=7)
+    cfg = irkd.Config(name="learn", model="custom", cl=True, resolutions=(16, 32), epochs=2,
+                      batch_size=32, lr=1e-3, train_size=256, val_size=64, test_size=200,
+                      out=str(tmp_path), device="cpu", seed=0)
+    torch.manual_seed(0)
+    untrained = irkd.evaluate(irkd.build_model("custom", patch_size=4), data["test_x"], data["test_y"], 32)
+    assert untrained["cls"] < 35                              # chance is 10 %
+    results = irkd.train(cfg, data=data)
+    assert results["test_acc"] > 60, results
+    assert results["test_acc_by_res"]["16"] > 60, results
