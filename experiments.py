@@ -76,7 +76,7 @@ NAMED = ["exp1a", "exp1b", "saliency_p2", "small_p4_all", "kdonly"]
 def quick(cfg: irkd.Config) -> irkd.Config:
     """The smoke path: a subset sized to the model and one epoch per curriculum stage."""
     if cfg.name.startswith("teacher_"):
-        return teacher_lib.teacher_config(cfg.patch_size, quick=True, base=dataclasses.replace(cfg, out="runs/quick"))
+        return teacher_lib.teacher_config(cfg.patch_size, quick=True, base=dataclasses.replace(cfg, out=f"{cfg.out}/quick"))
     sizes = teacher_lib.quick_sizes(cfg.model, cfg.patch_size, epochs=len(cfg.resolutions))
     return dataclasses.replace(cfg, quick=True, out=f"{cfg.out}/quick", teacher_model=teacher_lib.QUICK_PRESET,
                                teacher_epochs=8, **sizes)
@@ -128,9 +128,11 @@ def configs_for(name: str, overrides: dict) -> list[irkd.Config]:
     is_quick = overrides.pop("quick", False)
     cfgs = []
     for n in names:
-        cfg = EXPERIMENTS[n]
+        # --out first, so that quick mode nests under it (OUT/quick/NAME); then quick's sizes,
+        # then every other override, which wins over both.
+        cfg = dataclasses.replace(EXPERIMENTS[n], out=overrides.get("out", BASE.out))
         cfg = quick(cfg) if is_quick else cfg
-        cfg = dataclasses.replace(cfg, **overrides)
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if k != "out"})
         cfg.check()
         cfgs.append(cfg)
     return cfgs

@@ -117,7 +117,8 @@ def main(argv: list[str]) -> int:
     try:
         overrides = parse_overrides(argv)
         quick = overrides.pop("quick", False)
-        base = irkd.Config(out="runs/quick") if quick else None  # where quick students look for it
+        out = overrides.pop("out", irkd.Config.out)
+        base = irkd.Config(out=f"{out}/quick" if quick else out)  # where quick students look for it
         cfg = teacher_config(overrides.pop("patch_size", 4), quick=quick, base=base)
         cfg = dataclasses.replace(cfg, **overrides)
     except ValueError as e:

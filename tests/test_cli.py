@@ -110,7 +110,7 @@ def test_configs_for_applies_overrides_and_quick():
     cfgs = experiments.configs_for("small_p4_all", {"quick": True, "out": "elsewhere"})
     assert [c.name for c in cfgs] == experiments.GROUPS["small_p4_all"]
     for c in cfgs:
-        assert c.quick and c.out == "elsewhere" and 0 < c.train_size < 45000
+        assert c.quick and c.out == "elsewhere/quick" and 0 < c.train_size < 45000
         assert c.epochs == len(c.resolutions)                      # one epoch per stage
         c.check()
 
