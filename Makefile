@@ -6,12 +6,14 @@ DATA   ?= data
 DEVICE ?= auto
 QUICK  ?= 0
 ARGS   ?=
+# plots: every run directory with a log (override: make plots RUNS="runs/exp1a runs/exp1b")
+RUNS   ?= $(patsubst %/log.jsonl,%,$(wildcard runs/*/log.jsonl runs/quick/*/log.jsonl))
 
 PY    := $(VENV)/bin/python
 FLAGS := --data=$(DATA) --device=$(DEVICE) $(if $(filter 1 true yes,$(QUICK)),--quick) $(ARGS)
 VARIANTS := exp1a exp1b saliency_p2 small_p4_all kdonly table
 
-.PHONY: setup test list teacher $(VARIANTS)
+.PHONY: setup test list teacher plots report bench $(VARIANTS)
 
 # The virtual environment, re-made whenever requirements.txt changes.
 $(VENV)/.installed: requirements.txt
@@ -34,3 +36,11 @@ $(VARIANTS): setup
 
 teacher: setup
 	$(PY) teacher.py $(FLAGS)
+
+# Figures for the runs in RUNS, written to figures/ beside the first one.
+plots: setup
+	$(PY) plots.py $(RUNS)
+
+# runs/*/results.json -> a Markdown table, paper vs ours (also written to runs/report.md).
+report: setup
+	$(PY) experiments.py report
