@@ -44,3 +44,7 @@ plots: setup
 # runs/*/results.json -> a Markdown table, paper vs ours (also written to runs/report.md).
 report: setup
 	$(PY) experiments.py report
+
+# Speed: images/s per preset, mode and resolution, pipeline overhead, curriculum cost, FLOP/s.
+bench: setup
+	$(PY) experiments.py bench --device=$(DEVICE) $(ARGS)

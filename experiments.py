@@ -4,6 +4,7 @@
     python experiments.py exp1a [--quick] [--field=value ...] [--teacher=PATH]
     python experiments.py table [--seeds=0,1,2]
     python experiments.py report [--out=runs]   # runs/*/results.json -> a Markdown table
+    python experiments.py bench [options]       # images/s, overheads, FLOP/s (bench.py)
 
 Each table cell is an irkd.Config built from one base; the paper's Table 1 number
 stands beside it. A named group (small_p4_all, table) runs its cells in order,
@@ -208,6 +209,9 @@ def main(argv: list[str]) -> int:
     if name == "list":
         print(list_experiments())
         return 0
+    if name == "bench":                         # speed: see bench.py
+        import bench
+        return bench.main(rest)
     if name == "report":
         out = next((a.split("=", 1)[1] for a in rest if a.startswith("--out=")), "runs")
         table = report(out)

@@ -1,0 +1,84 @@
+"""bench.py: a tiny run writes the documented JSON; the FLOP count and the curriculum ideal."""
+import json
+
+import pytest
+
+import bench
+import irkd
+
+
+def test_ideal_curriculum_ratio():
+    # patch 4, cls + dist token: N = 2 + (r/4)^2 for r = 12..32
+    assert bench.ideal_curriculum_ratio(irkd.RESOLUTIONS, 4, 2) == pytest.approx(
+        (11 + 18 + 27 + 38 + 51 + 66) / (6 * 66))
+    assert bench.ideal_curriculum_ratio(irkd.RESOLUTIONS, 4, 1) == pytest.approx(
+        (10 + 17 + 26 + 37 + 50 + 65) / (6 * 65))
+
+
+def test_forward_flops_formula():
+    # custom (D=128, depth 4, M=256), 32 px, patch 4, two prefix tokens: N = 66, 64 patches
+    D, M, N = 128, 256, 66
+    expected = 2 * 64 * 3 * 16 * D + 4 * (2 * N * (4 * D * D + 2 * D * M) + 4 * N * N * D) + 2 * D * 10 * 2
+    assert bench.forward_flops("custom", 32, 4, 2) == expected
+    # the linear layers' weights are the parameters that meet every token
+    model = irkd.build_model("custom", patch_size=4)
+    linear = sum(m.weight.numel() for m in model.blocks.modules() if isinstance(m, irkd.nn.Linear))
+    assert linear == 4 * (4 * D * D + 2 * D * M)
+    ce, kd = bench.step_flops("custom", "CE", 32, 4, 32), bench.step_flops("custom", "KD", 32, 4, 32)
+    assert ce == 3 * bench.forward_flops("custom", 32, 4, 1)
+    assert kd == 3 * bench.forward_flops("custom", 32, 4, 2) + bench.forward_flops("small", 32, 4, 1)
+
+
+def test_parse_args_plans():
+    quick = bench.parse_args([])
+    assert quick["quick"] and quick["plan"]["small"][0] == (12, 32)
+    full = bench.parse_args(["--full"])
+    assert not full["quick"] and full["plan"]["small"][0] == irkd.RESOLUTIONS
+    o = bench.parse_args(["--presets=custom", "--steps=2", "--resolutions=12,32"])
+    assert o["plan"] == {"custom": ((12, 32), 2)} and o["overhead_res"] == (12, 32)
+    for bad in (["--presets=huge"], ["--modes=XX"], ["--nope=1"], ["--resolutions=13"], ["--steps=x"]):
+        with pytest.raises(ValueError):
+            bench.parse_args(bad)
+
+
+def test_bench_tiny_run_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = bench.main(["--presets=custom", "--steps=1", "--warmup=0", "--resolutions=12,32",
+                     "--batch_size=8", "--patience=0", f"--out={out}"])
+    assert rc == 0
+    rep = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    assert "training images/s" in printed and "pipeline overhead" in printed
+    for key in ("meta", "peak", "teacher_forward", "train", "overhead", "sal_over_kd", "curriculum",
+                "mfu_32", "targets", "ideal_curriculum_ratio"):
+        assert key in rep, key
+    assert rep["peak"]["flops_per_s"] > 0
+    assert rep["ideal_curriculum_ratio"] == pytest.approx(211 / 396)
+    for mode in ("CE", "KD", "KD+Sal"):
+        for r in ("12", "32"):
+            cell = rep["train"]["custom"][mode][r]
+            for k in ("step_s", "images_per_s", "gflop_per_step", "flops_per_s", "mfu"):
+                assert cell[k] > 0, (mode, r, k)
+            o = rep["overhead"]["custom"][mode][r]
+            assert o["ratio"] > 0 and o["full_step_s"] > 0 and o["bare_student_s"] > 0
+            assert (o["bare_teacher_s"] > 0) == (mode != "CE")
+    for r in ("12", "32"):
+        assert rep["teacher_forward"][r]["images_per_s"] > 0
+        assert rep["teacher_forward"][r]["explicit_images_per_s"] > 0
+    assert rep["sal_over_kd"]["custom"]["summed"] > 0
+    assert rep["curriculum"] == {}                 # needs all six resolutions
+    assert set(rep["targets"]) == {"pipeline_overhead", "sal_over_kd"}
+    assert rep["mfu_32"]["custom"]["KD"] > 0
+
+
+def test_curriculum_ratio_from_step_times():
+    # a synthetic report: step time proportional to tokens gives exactly the ideal
+    opts = bench.parse_args(["--presets=custom", "--modes=KD"])
+    train = {"custom": {"KD": {str(r): dict(step_s=float(bench.num_tokens(r, 4, 2)), mfu=0.1,
+                                            images_per_s=1.0, flops_per_s=1.0)
+                               for r in irkd.RESOLUTIONS}}}
+    rep = bench.summarise(opts, irkd.torch.device("cpu"), dict(flops_per_s=1.0, dtype="float32", n=1, seconds=1.0),
+                          {}, train, {})
+    c = rep["curriculum"]["custom"]["KD"]
+    assert c["ratio"] == pytest.approx(211 / 396) and abs(c["rel_err"]) < 1e-12
+    assert rep["targets"]["curriculum"]["met"]
