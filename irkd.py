@@ -736,7 +736,8 @@ def prepare_data(cfg: Config, data: dict | None, device: torch.device) -> dict[s
                val_x=vx[:n(cfg.val_size, vx)], val_y=vy[:n(cfg.val_size, vx)],
                test_x=sx[:n(cfg.test_size, sx)], test_y=sy[:n(cfg.test_size, sx)])
     if len(out["train_x"]) < cfg.batch_size:
-        raise ValueError(f"{len(out['train_x'])} training images is fewer than one batch of {cfg.batch_size}")
+        raise ValueError(f"{len(out['train_x'])} training images (after holding out 5,000 for validation) "
+                         f"is fewer than one batch of {cfg.batch_size}")
     return {k: v.to(device) for k, v in out.items()}
 
 
@@ -848,6 +849,8 @@ def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = 
         sampler.generator.set_state(ckpt["sampler_rng"])
         mix_gen.set_state(ckpt["mix_rng"])
         torch.set_rng_state(ckpt["torch_rng"])
+        if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])      # dropout draws on the GPU's generator
         done, step, train_s, opt_state = ckpt["epoch"], ckpt["step"], ckpt["train_s"], ckpt["optimizer"]
         try:
             with open(log_path) as f:
@@ -932,6 +935,7 @@ def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = 
                              stage_epoch=stage_epoch, epoch=epoch, step=step, train_s=train_s,
                              sampler_rng=sampler.generator.get_state(), mix_rng=mix_gen.get_state(),
                              torch_rng=torch.get_rng_state(), config=dataclasses.asdict(cfg),
+                             cuda_rng=torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
                              model_args=model_args(cfg), teacher_info=teacher_info),
                         os.path.join(run_dir, "checkpoint.pt"))
             log.write(json.dumps(row) + "\n")

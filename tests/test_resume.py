@@ -101,3 +101,17 @@ def test_unwritable_output_dir(tmp_path, train_data):
     blocker.write_text("not a directory")
     with pytest.raises(OSError, match="cannot write to the output directory.*--out"):
         irkd.train(tiny_cfg(blocker), data=train_data)
+
+
+def test_ctrl_c_prints_the_resume_command(monkeypatch, capsys):
+    import experiments
+
+    def interrupted(cfg, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(irkd, "load_cifar10", lambda root: {})
+    monkeypatch.setattr(irkd, "train", interrupted)
+    monkeypatch.setattr(sys, "argv", ["experiments.py", "custom_p4_ce", "--epochs=6"])
+    assert experiments.main(["custom_p4_ce", "--epochs=6"]) == 130
+    err = capsys.readouterr().err
+    assert "Resume with:" in err and "python experiments.py custom_p4_ce --epochs=6" in err
