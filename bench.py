@@ -169,19 +169,24 @@ class Timer:
     background job makes the table meaningless. Off on CUDA and where /proc is missing.
     """
 
-    def __init__(self, device: torch.device, patience: float, limit: float = 0.25, tries: int = 4):
+    def __init__(self, device: torch.device, patience: float, limit: float = 0.1, tries: int = 4):
         self.device, self.patience, self.limit, self.tries = device, patience, limit, tries
         self.check = device.type == "cpu" and cpu_ticks() is not None
+        # On CUDA a measurement is 5 back-to-back calls between two synchronisations, so the
+        # host can run ahead of the GPU as it does in training.
+        self.block = 1 if device.type == "cpu" else 5
         self.disturbed, self.waited_s = 0, 0.0
 
     def other_cores(self, t0, t1, seconds: float) -> float:
-        return ((t1[0] - t0[0]) - (t1[1] - t0[1])) / os.sysconf("SC_CLK_TCK") / max(seconds, 1e-3)
+        """Cores other processes kept busy; 0 below 3 clock ticks (30 ms), the resolution of /proc."""
+        ticks = (t1[0] - t0[0]) - (t1[1] - t0[1])
+        return 0.0 if ticks < 3 else ticks / os.sysconf("SC_CLK_TCK") / max(seconds, 1e-3)
 
     def __call__(self, fn, retry: bool = True) -> float:
         best, tries = float("inf"), self.tries if retry and self.check else 1
         for attempt in range(tries):
             ticks0 = cpu_ticks() if self.check else None
-            t = time_block(fn, self.device)
+            t = time_block(fn, self.device, self.block)
             best = min(best, t)
             if ticks0 is None or self.other_cores(ticks0, cpu_ticks(), t) <= self.limit:
                 break
@@ -190,13 +195,13 @@ class Timer:
                 self.wait_for_quiet()
         return best
 
-    def wait_for_quiet(self) -> None:
-        t_end = time.perf_counter() + self.patience
-        while time.perf_counter() < t_end:
+    def wait_for_quiet(self, quiet_s: int = 3) -> None:
+        """Sleep until other processes have used < limit cores for quiet_s seconds in a row."""
+        t_end, quiet = time.perf_counter() + self.patience, 0
+        while time.perf_counter() < t_end and quiet < quiet_s:
             t0, ticks0 = time.perf_counter(), cpu_ticks()
             time.sleep(1.0)
-            if self.other_cores(ticks0, cpu_ticks(), time.perf_counter() - t0) < 0.1:
-                break
+            quiet = quiet + 1 if self.other_cores(ticks0, cpu_ticks(), time.perf_counter() - t0) < self.limit else 0
         self.waited_s += self.patience - max(0.0, t_end - time.perf_counter())
 
 
@@ -217,9 +222,10 @@ def matmul_peak(timer: Timer, dtype: torch.dtype, n: int, reps: int) -> dict:
 class Cell:
     """One student + its loss for a mode: what train() builds for a run."""
 
-    def __init__(self, model, loss_fn, opt, mode: str):
+    def __init__(self, model, loss_fn, opt, mode: str, cuda_graphs: bool = False):
         self.model, self.loss_fn, self.opt, self.mode = model, loss_fn, opt, mode
         self.need_attn = mode == "KD+Sal"
+        self.cuda_graphs = cuda_graphs     # torch.compile(mode="reduce-overhead") on CUDA
         self.sums = None
 
 
@@ -232,6 +238,8 @@ def pipeline_step(cell: Cell, data: dict, batch, res: int, teacher_res: str, aut
     y = data["y"][idx]
     for group in cell.opt.param_groups:
         group["lr"] = data["lr"]
+    if cell.cuda_graphs:
+        torch.compiler.cudagraph_mark_step_begin()   # a new step: the last step's graph outputs are done
     with torch.autocast(**autocast):
         out = cell.model(xs, return_attn=cell.need_attn)
         out, attns = out if cell.need_attn else (out, None)
@@ -247,6 +255,8 @@ def pipeline_step(cell: Cell, data: dict, batch, res: int, teacher_res: str, aut
 
 def bare_student_step(cell: Cell, x: torch.Tensor, y: torch.Tensor, autocast: dict) -> None:
     """The student alone: forward (explicit attention in KD+Sal), CE on each head, backward, AdamW."""
+    if cell.cuda_graphs:
+        torch.compiler.cudagraph_mark_step_begin()
     with torch.autocast(**autocast):
         out = cell.model(x, return_attn=cell.need_attn)
         out = out[0] if cell.need_attn else out
@@ -255,6 +265,24 @@ def bare_student_step(cell: Cell, x: torch.Tensor, y: torch.Tensor, autocast: di
     cell.opt.zero_grad(set_to_none=True)
     loss.backward()
     cell.opt.step()
+
+
+def host_sync_free(fn) -> bool:
+    """CUDA: run fn once with the sync debug mode set to error; False if it made the host wait
+    for the GPU (an .item(), a blocking copy, a data-dependent shape...)."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn()
+        return True
+    except RuntimeError as e:
+        if "synchroniz" not in str(e):
+            raise
+        print(f"  host synchronisation inside the step: {str(e).splitlines()[0]}", flush=True)
+        return False
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize()
 
 
 @torch.no_grad()
@@ -389,7 +417,7 @@ def run(opts: dict) -> dict:
                   + ", ".join(f"{'explicit' if a else 'fused'} {B / s:7.1f} img/s" for a, s in teacher_s[r].items()),
                   flush=True)
 
-    train, overhead = {}, {}
+    train, overhead, sync_free = {}, {}, {}
     for preset in opts["presets"]:
         resolutions, steps = opts["plan"][preset]
         cells = {}
@@ -403,7 +431,7 @@ def run(opts: dict) -> dict:
             model, opt = students[kd]
             loss_fn = irkd.IRKDLoss(teacher if kd else None, alpha=cfg.alpha, temperature=cfg.temperature,
                                     gamma=cfg.gamma if mode == "KD+Sal" else 0.0)
-            cells[mode] = Cell(model, loss_fn, opt, mode)
+            cells[mode] = Cell(model, loss_fn, opt, mode, cuda_graphs=opts["compile"] and device.type == "cuda")
         for cell in cells.values():
             cell.model.train()
             cell.loss_fn.train()
@@ -424,6 +452,11 @@ def run(opts: dict) -> dict:
                         t = timer(lambda: bare_student_step(cell, fixed[r], y_fixed, autocast), retry=i >= warmup)
                         if i >= warmup:
                             bare_t[mode].append(t)
+            if device.type == "cuda" and r == resolutions[0]:   # once per preset and mode, warmed up
+                for mode, cell in cells.items():
+                    batch = next(stream)                           # an epoch start copies to the device
+                    sync_free.setdefault(preset, {})[mode] = host_sync_free(
+                        lambda: pipeline_step(cell, data, batch, r, teacher_res, autocast))
             for mode in cells:
                 s = min(full_t[mode])
                 flops = step_flops(preset, mode, r, patch, t_res(r)) * B
@@ -444,6 +477,7 @@ def run(opts: dict) -> dict:
 
     rep = summarise(opts, device, peak, teacher_s, train, overhead)
     rep["meta"].update(disturbed_measurements=timer.disturbed, waited_for_quiet_s=round(timer.waited_s, 1))
+    rep["host_sync_free"] = sync_free or None      # CUDA only: {preset: {mode: no host sync in the step}}
     return rep
 
 
@@ -556,6 +590,9 @@ def format_report(rep: dict) -> str:
             v = t["curriculum"]
             lines.append(f"  curriculum cost       {v['value']:.3f}  ideal {v['ideal']:.3f} ({100 * v['rel_err']:+.1f} %, "
                          f"within {100 * v['target']:.0f} %)   {'met' if v['met'] else 'NOT met'}  ({v['where']})")
+    if rep.get("host_sync_free"):
+        bad = [f"{p} {mo}" for p, bm in rep["host_sync_free"].items() for mo, ok in bm.items() if not ok]
+        lines += ["", "host synchronisation inside the step: " + (", ".join(bad) if bad else "none")]
     other = m.get("other_cpu_load")
     lines += ["", f"{m.get('wall_s', 0):.0f} s"
               + (f"; other processes kept {other:.2f} cores busy on average" if other is not None else "")
