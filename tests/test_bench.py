@@ -1,5 +1,7 @@
 """bench.py: a tiny run writes the documented JSON; the FLOP count and the curriculum ideal."""
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -44,7 +46,7 @@ def test_parse_args_plans():
 def test_bench_tiny_run_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc = bench.main(["--presets=custom", "--steps=1", "--warmup=0", "--resolutions=12,32",
-                     "--batch_size=8", "--patience=0", f"--out={out}"])
+                     "--batch_size=8", "--patience=0", "--malloc=system", f"--out={out}"])
     assert rc == 0
     rep = json.loads(out.read_text())
     printed = capsys.readouterr().out
@@ -82,3 +84,13 @@ def test_curriculum_ratio_from_step_times():
     c = rep["curriculum"]["custom"]["KD"]
     assert c["ratio"] == pytest.approx(211 / 396) and abs(c["rel_err"]) < 1e-12
     assert rep["targets"]["curriculum"]["met"]
+
+
+def test_keep_freed_memory_runs_in_a_fresh_process():
+    # process-wide and irreversible, so not in the test process itself
+    code = "import bench, platform; ok = bench.keep_freed_memory(); print(ok, platform.libc_ver()[0])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=bench.os.path.dirname(bench.os.path.abspath(bench.__file__)))
+    assert out.returncode == 0, out.stderr
+    ok, libc = out.stdout.split()
+    assert ok == ("True" if libc == "glibc" else "False")
