@@ -24,7 +24,7 @@ What it measures, all in one run on one device:
   * FLOP/s achieved and its fraction of a matmul peak measured in the same run
     (float32 torch.mm on CPU; bfloat16 torch.mm on CUDA, where training runs in bf16).
 
-On Linux/glibc the run first calls keep_freed_memory() (--malloc=keep, the default; see
+On Linux/glibc the run first calls irkd.keep_freed_memory() (--malloc=keep, the default; see
 its docstring): without it, page faults cost a KD+Sal step of the small student 25-30 %
 on this VM. --malloc=system measures glibc's defaults.
 
@@ -43,21 +43,31 @@ only at the edges of a timed block. A cell reports the best (minimum) per-step t
 its timed steps: the machine may be shared, and the minimum is the stable estimate of
 what the hardware does. The rounds are interleaved across modes (and the bare pieces),
 so a burst of outside load hits all the things a ratio compares. On a CPU, a measurement
-during which other processes kept more than a quarter of a core busy is retried after
+during which other processes kept more than a tenth of a core busy is retried after
 waiting (at most --patience seconds) for the machine to go quiet; the report counts them.
 
-Default (--quick, about four minutes on a quiet 2-core CPU): custom at all six
-resolutions with 2 timed steps, tiny at all six with 1, small at 12 and 32 px with 1,
-each after 1 warm-up step; the overhead for custom and tiny at 12 and 32 px. The KD
-modes are dominated by the ViT-Small teacher's forward (~1.8 s per batch of 128 at
-32 px on 2 cores), which is what makes more steps expensive here. --full: every preset
-at every resolution, 10 / 5 / 3 timed steps after 2 warm-up steps, the overhead
-everywhere (tens of minutes on this CPU). --steps / --resolutions override either plan
-for every preset.
+JSON (--out, default runs/bench.json): meta (device, torch, plan, malloc, wall_s,
+other_cpu_load, ...), peak {flops_per_s, dtype, n}, teacher_forward {res: {images_per_s,
+explicit_images_per_s}}, train {preset: {mode: {res: {step_s, step_s_median, step_s_all,
+images_per_s, tokens, gflop_per_step, flops_per_s, mfu}}}}, overhead {preset: {mode: {res:
+{full_step_s, bare_student_s, bare_teacher_s, ratio}}}}, sal_over_kd {preset: {per_res,
+summed}}, curriculum {preset: {mode: {ratio, ideal, rel_err}}}, mfu_32 {preset: {mode:
+mfu}}, targets {pipeline_overhead | sal_over_kd | curriculum: {value, target, met, where}}
+(the worst case over what was measured), ideal_curriculum_ratio (patch, two prefix
+tokens), host_sync_free (CUDA only: {preset: {mode: bool}}).
+
+Default (--quick, about four and a half minutes on a quiet 2-core CPU): custom and tiny
+at all six resolutions with 2 timed steps, small at 12 and 32 px with 1, the teacher
+with 1, each after 1 warm-up step; before those, at a preset's first resolution (32 px:
+the largest comes first), up to 4 untimed KD+Sal steps until the heap stops growing
+(see settle()); the overhead for custom and tiny at 12 and 32 px. The KD modes are
+dominated by the ViT-Small teacher's forward (~1.85 s per batch of 128 at 32 px on 2
+cores), which is what makes more steps expensive here. --full: every preset at every
+resolution, 10 / 5 / 3 timed steps after 2 warm-up steps, the overhead everywhere (tens
+of minutes on this CPU). --steps / --resolutions override either plan for every preset.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import platform
 import statistics
@@ -74,9 +84,9 @@ TEACHER_PRESET = "small"                 # the paper's teacher: ViT-Small, same 
 NUM_IMAGES = 4096                        # synthetic uint8 images held on the device (32 batches)
 # The run plans: preset -> (resolutions, timed steps); warm-up steps; where the overhead is timed.
 PLANS = {
-    "quick": dict(presets={"custom": (irkd.RESOLUTIONS, 2), "tiny": (irkd.RESOLUTIONS, 1),
+    "quick": dict(presets={"custom": (irkd.RESOLUTIONS, 2), "tiny": (irkd.RESOLUTIONS, 2),
                            "small": ((12, 32), 1)},
-                  warmup=1, overhead_res=(12, 32), overhead_presets=("custom", "tiny"), teacher_steps=2),
+                  warmup=1, overhead_res=(12, 32), overhead_presets=("custom", "tiny"), teacher_steps=1),
     "full": dict(presets={"custom": (irkd.RESOLUTIONS, 10), "tiny": (irkd.RESOLUTIONS, 5),
                           "small": (irkd.RESOLUTIONS, 3)},
                  warmup=2, overhead_res=irkd.RESOLUTIONS, overhead_presets=tuple(irkd.PRESETS), teacher_steps=5),
@@ -133,24 +143,31 @@ def ideal_curriculum_ratio(resolutions=irkd.RESOLUTIONS, patch_size: int = 4, nu
 # =============================================================================
 
 
-def keep_freed_memory() -> bool:
-    """glibc: serve every allocation from the heap and never hand freed memory back to the OS.
-
-    By default glibc maps each block above 32 MB (the ViT-Small teacher's MLP activations
-    at batch 128 are 51 MB) with its own mmap and trims the heap whenever a step frees its
-    activations, so every step faults its memory in again, page by page. In this VM that
-    costs 2.6-4.8 s of kernel time per KD+Sal step of the small student (a 9.8 s step
-    instead of 7.8 s). Two mallopt calls end it; the price is that the process keeps
-    its peak memory. Returns False where it does not apply (not glibc, or refused).
-    """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
+def page_faults() -> int | None:
+    """Minor page faults of this process so far (None where getrusage is missing)."""
     try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4                   # from <malloc.h>
-    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+        import resource
+    except ImportError:                                      # Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def settle(step, device: torch.device, max_steps: int = 4, faults: int = 1000) -> int:
+    """Repeat `step` (untimed) until one runs with almost no new page faults, at most max_steps.
+
+    The first steps at a new peak of memory grow the heap, and fragmentation makes it
+    take a few: a KD+Sal step of the small student faults 280k, 64k, 31k, 12k pages
+    in its first four steps here, each costing up to 1.7 s. Training reaches the steady
+    state within its first handful of steps; the bench should time that state too.
+    Returns the number of steps run (0 on CUDA, where host memory is not the issue)."""
+    if device.type != "cpu" or page_faults() is None:
+        return 0
+    for n in range(1, max_steps + 1):
+        before = page_faults()
+        step()
+        if page_faults() - before < faults:
+            return n
+    return max_steps
 
 
 # =============================================================================
@@ -196,6 +213,8 @@ class Timer:
     go quiet, times the call again (at most `tries` calls) and keeps the fastest.
     Contention on a 2-core machine slows a step several-fold, so without this one
     background job makes the table meaningless. Off on CUDA and where /proc is missing.
+    With --compile, inductor's compile workers are other processes too; they work only
+    during the untimed warm-up steps, but they do show in the run's other_cpu_load.
     """
 
     def __init__(self, device: torch.device, patience: float, limit: float = 0.1, tries: int = 4):
@@ -372,15 +391,22 @@ def parse_args(argv: list[str]) -> dict:
         raise ValueError("--teacher_res must be same or full")
     res = tuple(int(r) for r in opts["resolutions"].split(",") if r) if opts["resolutions"] else None
     for r in res or ():
-        if r % opts["patch_size"] or not 0 < r <= 32:
-            raise ValueError(f"resolution {r} must be a multiple of the patch size {opts['patch_size']} in 1..32")
+        if not 0 < r <= 32:
+            raise ValueError(f"resolution {r} is outside 1..32 (the images are 32 px)")
     plan = PLANS["quick" if opts["quick"] else "full"]
-    opts.update(presets=presets, modes=modes,
+    opts.update(presets=list(dict.fromkeys(presets)), modes=[m for m in MODES if m in modes],   # no repeats
                 plan={p: (res or plan["presets"][p][0], opts["steps"] or plan["presets"][p][1]) for p in presets},
                 warmup=opts["warmup"] if opts["warmup"] >= 0 else plan["warmup"],
                 overhead_res=tuple(r for r in plan["overhead_res"] if res is None or r in res) or (max(res),),
                 overhead_presets=[p for p in presets if p in plan["overhead_presets"]] or presets,
                 teacher_steps=opts["steps"] or plan["teacher_steps"])
+    if opts["steps"] < 0 or opts["batch_size"] < 1:
+        raise ValueError("--steps must be >= 0 (0 = the plan's) and --batch_size >= 1")
+    for p, (resolutions, _) in opts["plan"].items():
+        bad = [r for r in resolutions if r % opts["patch_size"]]
+        if bad:
+            raise ValueError(f"{p}: resolutions {bad} are not multiples of --patch_size={opts['patch_size']}; "
+                             f"pass --resolutions=...")
     return opts
 
 
@@ -397,7 +423,7 @@ def maybe_compile(model, opts, device):
 
 
 def run(opts: dict) -> dict:
-    malloc_tuned = opts["malloc"] == "keep" and keep_freed_memory()
+    malloc_tuned = opts["malloc"] == "keep" and irkd.keep_freed_memory()
     device = irkd.pick_device(opts["device"])
     torch.manual_seed(opts["seed"])
     if device.type == "cuda":
@@ -430,9 +456,9 @@ def run(opts: dict) -> dict:
     if kd_modes:
         teacher = irkd.build_model(TEACHER_PRESET, patch_size=patch).to(device).eval().requires_grad_(False)
         teacher = maybe_compile(teacher, opts, device)
-    fixed = {r: (irkd.normalize(data["x"][:B]) if r == 32 else irkd.resize(irkd.normalize(data["x"][:B]), r))
-             for r in all_res}
-    t_res = (lambda r: 32) if teacher_res == "full" else (lambda r: r)
+    t_res = (lambda r: 32) if teacher_res == "full" else (lambda r: r)   # the teacher's input size
+    # Ready-made inputs for the bare pieces (student and teacher), at every size they see.
+    fixed = {r: irkd.resize(irkd.normalize(data["x"][:B]), r) for r in set(all_res) | {t_res(r) for r in all_res}}
 
     # The teacher's forward, fused (KD) and explicit (KD+Sal), at every resolution it will see.
     teacher_s = {}
@@ -450,7 +476,7 @@ def run(opts: dict) -> dict:
                   + ", ".join(f"{'explicit' if a else 'fused'} {B / s:7.1f} img/s" for a, s in teacher_s[r].items()),
                   flush=True)
 
-    train, overhead, sync_free = {}, {}, {}
+    train, overhead, sync_free, settled = {}, {}, {}, {}
     for preset in opts["presets"]:
         resolutions, steps = opts["plan"][preset]
         cells = {}
@@ -470,22 +496,30 @@ def run(opts: dict) -> dict:
             cell.loss_fn.train()
             cell.sums = torch.zeros(5, device=device)
         train[preset] = {m: {} for m in opts["modes"]}
-        for r in resolutions:
+        # Largest resolution first: its first steps take the process to this preset's peak
+        # memory, where the mode with the most (the last of CE, KD, KD+Sal) settles the heap.
+        order = sorted(resolutions, reverse=True)
+        for r in order:
             with_bare = r in opts["overhead_res"] and preset in opts["overhead_presets"]
             y_fixed = data["y"][:B]
             full_t = {m: [] for m in cells}
             bare_t = {m: [] for m in cells}
-            for i in range(warmup + steps):   # rounds interleave the modes and the bare pieces
+            warm = warmup
+            if warmup and r == order[0]:
+                biggest = cells[max(cells, key=MODES.index)]
+                settled[preset] = settle(lambda: pipeline_step(biggest, data, next(stream), r, teacher_res, autocast),
+                                         device)
+            for i in range(warm + steps):   # rounds interleave the modes and the bare pieces
                 for mode, cell in cells.items():
                     t = timer(lambda: pipeline_step(cell, data, next(stream), r, teacher_res, autocast),
-                              retry=i >= warmup)
-                    if i >= warmup:
+                              retry=i >= warm)
+                    if i >= warm:
                         full_t[mode].append(t)
                     if with_bare:
-                        t = timer(lambda: bare_student_step(cell, fixed[r], y_fixed, autocast), retry=i >= warmup)
-                        if i >= warmup:
+                        t = timer(lambda: bare_student_step(cell, fixed[r], y_fixed, autocast), retry=i >= warm)
+                        if i >= warm:
                             bare_t[mode].append(t)
-            if device.type == "cuda" and r == resolutions[0]:   # once per preset and mode, warmed up
+            if device.type == "cuda" and r == order[0]:   # once per preset and mode, warmed up
                 for mode, cell in cells.items():
                     batch = next(stream)                           # an epoch start copies to the device
                     sync_free.setdefault(preset, {})[mode] = host_sync_free(
@@ -495,6 +529,7 @@ def run(opts: dict) -> dict:
                 flops = step_flops(preset, mode, r, patch, t_res(r)) * B
                 train[preset][mode][str(r)] = dict(
                     step_s=s, step_s_median=statistics.median(full_t[mode]), steps=len(full_t[mode]),
+                    step_s_all=full_t[mode],
                     images_per_s=B / s, tokens=num_tokens(r, patch, 1 if mode == "CE" else 2),
                     gflop_per_step=flops / 1e9, flops_per_s=flops / s, mfu=flops / s / peak["flops_per_s"])
                 if with_bare:
@@ -504,6 +539,10 @@ def run(opts: dict) -> dict:
                         full_step_s=s, bare_student_s=student, bare_teacher_s=tch, ratio=s / (student + tch))
             print(f"{preset:6s} {r:2d}px: " + ", ".join(
                 f"{m} {train[preset][m][str(r)]['images_per_s']:7.1f} img/s" for m in cells), flush=True)
+        by_res = lambda d: dict(sorted(d.items(), key=lambda kv: int(kv[0])))  # noqa: E731
+        train[preset] = {m: by_res(v) for m, v in train[preset].items()}
+        if preset in overhead:
+            overhead[preset] = {m: by_res(v) for m, v in overhead[preset].items()}
         for cell in cells.values():
             if not torch.isfinite(cell.sums).all():
                 raise FloatingPointError(f"{preset}: a non-finite loss in the benchmark steps")
@@ -512,6 +551,7 @@ def run(opts: dict) -> dict:
     rep["meta"].update(disturbed_measurements=timer.disturbed, waited_for_quiet_s=round(timer.waited_s, 1),
                        malloc="keep_freed_memory" if malloc_tuned else "system")
     rep["host_sync_free"] = sync_free or None      # CUDA only: {preset: {mode: no host sync in the step}}
+    rep["meta"]["settle_steps"] = settled           # untimed steps until the heap stopped growing
     return rep
 
 
@@ -588,10 +628,10 @@ def format_report(rep: dict) -> str:
             lines.append(row)
     if rep["teacher_forward"]:
         tf = rep["teacher_forward"]
-        lines.append(f"{'teacher':7s}{'fwd':8s}" + "".join(
+        lines.append(f"{'teacher':7s} {'fwd':7s}" + "".join(
             f"{tf[str(r)]['images_per_s']:8.1f}" if str(r) in tf else f"{'-':>8s}" for r in res))
         if any("explicit_images_per_s" in v for v in tf.values()):
-            lines.append(f"{'teacher':7s}{'fwd+att':8s}" + "".join(
+            lines.append(f"{'teacher':7s} {'fwd+att':7s}" + "".join(
                 f"{tf[str(r)]['explicit_images_per_s']:8.1f}" if str(r) in tf else f"{'-':>8s}" for r in res))
     lines.append("(GFLOP/s and MFU at 32 px, or the largest resolution measured; MFU = fraction of the matmul peak)")
     if rep["overhead"]:
@@ -630,7 +670,7 @@ def format_report(rep: dict) -> str:
     other = m.get("other_cpu_load")
     lines += ["", f"{m.get('wall_s', 0):.0f} s"
               + (f"; other processes kept {other:.2f} cores busy on average" if other is not None else "")
-              + (f"; {m['disturbed_measurements']} measurements disturbed by them were retried after waiting "
+              + (f"; retried {m['disturbed_measurements']} measurement(s) they disturbed, after waiting "
                  f"{m['waited_for_quiet_s']:.0f} s for quiet" if m.get("disturbed_measurements") else "")]
     return "\n".join(lines)
 

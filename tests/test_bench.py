@@ -52,8 +52,9 @@ def test_bench_tiny_run_writes_json(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "training images/s" in printed and "pipeline overhead" in printed
     for key in ("meta", "peak", "teacher_forward", "train", "overhead", "sal_over_kd", "curriculum",
-                "mfu_32", "targets", "ideal_curriculum_ratio"):
+                "mfu_32", "targets", "ideal_curriculum_ratio", "host_sync_free"):
         assert key in rep, key
+    assert rep["host_sync_free"] is None                # checked on CUDA only
     assert rep["peak"]["flops_per_s"] > 0
     assert rep["ideal_curriculum_ratio"] == pytest.approx(211 / 396)
     for mode in ("CE", "KD", "KD+Sal"):
@@ -88,9 +89,35 @@ def test_curriculum_ratio_from_step_times():
 
 def test_keep_freed_memory_runs_in_a_fresh_process():
     # process-wide and irreversible, so not in the test process itself
-    code = "import bench, platform; ok = bench.keep_freed_memory(); print(ok, platform.libc_ver()[0])"
+    code = "import irkd, platform; ok = irkd.keep_freed_memory(); print(ok, platform.libc_ver()[0])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          cwd=bench.os.path.dirname(bench.os.path.abspath(bench.__file__)))
     assert out.returncode == 0, out.stderr
     ok, libc = out.stdout.split()
     assert ok == ("True" if libc == "glibc" else "False")
+
+
+@pytest.mark.parametrize("mode", bench.MODES)
+def test_pipeline_step_never_reads_a_tensor_on_the_host(monkeypatch, mode):
+    # The CPU stand-in for "no host synchronisation inside the step": on CUDA each of these
+    # would make the host wait for the GPU. (SGD, because AdamW reads its own step counter.)
+    torch = irkd.torch
+    torch.manual_seed(0)
+    kd = mode != "CE"
+    student = irkd.ViT(dim=32, depth=2, heads=2, mlp_dim=64, patch_size=4, distill_token=kd)
+    teacher = irkd.ViT(dim=32, depth=2, heads=2, mlp_dim=64, patch_size=4) if kd else None
+    loss_fn = irkd.IRKDLoss(teacher, gamma=0.8 if mode == "KD+Sal" else 0.0)
+    cell = bench.Cell(student, loss_fn, torch.optim.SGD(student.parameters(), lr=0.1), mode)
+    cell.sums = torch.zeros(5)
+    data = dict(x=torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8), y=torch.randint(0, 10, (16,)), lr=0.1)
+    batch = next(irkd.EpochSampler(16, 8, seed=0, device=torch.device("cpu")).epoch())
+
+    def host_read(*args, **kwargs):
+        raise AssertionError("a tensor was read on the host inside the training step")
+
+    for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, host_read)
+    for res in (12, 32):
+        bench.pipeline_step(cell, data, batch, res, "same", dict(device_type="cpu", enabled=False))
+    monkeypatch.undo()
+    assert torch.isfinite(cell.sums).all()
