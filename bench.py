@@ -278,27 +278,13 @@ class Cell:
 
 
 def pipeline_step(cell: Cell, data: dict, batch, res: int, teacher_res: str, autocast: dict) -> None:
-    """One training step as train() runs it (the body of its inner loop, without tqdm)."""
+    """One training step exactly as train() runs it: irkd.train_step, plus the epoch sums."""
     idx, offsets, flips = batch
-    kd = cell.mode != "CE"
-    xs, xt = irkd.make_views(data["x"][idx], offsets, flips, res, "resize",
-                             full_view=kd and teacher_res == "full")
-    y = data["y"][idx]
-    for group in cell.opt.param_groups:
-        group["lr"] = data["lr"]
     if cell.cuda_graphs:
         torch.compiler.cudagraph_mark_step_begin()   # a new step: the last step's graph outputs are done
-    with torch.autocast(**autocast):
-        out = cell.model(xs, return_attn=cell.need_attn)
-        out, attns = out if cell.need_attn else (out, None)
-        loss, parts = cell.loss_fn(out, attns, y, teacher_input=xs if xt is None else xt)
-    cell.opt.zero_grad(set_to_none=True)
-    loss.backward()
-    cell.opt.step()
-    cls_logits = out[0] if isinstance(out, tuple) else out
-    zero = torch.zeros((), device=y.device)
-    cell.sums += torch.stack([loss.detach().float(), parts["ce"].float(), parts.get("kd", zero).float(),
-                              parts.get("sal", zero).float(), (cls_logits.argmax(-1) == y).sum().float()])
+    cell.sums += irkd.train_step(cell.model, cell.loss_fn, cell.opt, data["x"][idx], data["y"][idx], offsets,
+                                 flips, res=res, lr=data["lr"], full_view=cell.mode != "CE" and teacher_res == "full",
+                                 need_attn=cell.need_attn, autocast=autocast)
 
 
 def bare_student_step(cell: Cell, x: torch.Tensor, y: torch.Tensor, autocast: dict) -> None:

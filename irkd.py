@@ -834,6 +834,37 @@ def saliency_snapshot(model: nn.Module, teacher: nn.Module | None, images: torch
     return snap
 
 
+def train_step(model: nn.Module, loss_fn: IRKDLoss, opt: torch.optim.Optimizer, images: torch.Tensor,
+               labels: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, *, res: int, lr: float,
+               resize_mode: str = "resize", full_view: bool = False, need_attn: bool = False,
+               token_layers=(), mix_gen: torch.Generator | None = None, autocast: dict | None = None):
+    """One optimisation step on a uint8 batch -> (loss, ce, kd, sal, correct) as one device tensor.
+
+    The body of train()'s inner loop (bench.py times this same function): augment and
+    resize, optional mixup, student forward (explicit attention where saliency needs it),
+    IRKDLoss (which runs the teacher), backward, AdamW. No host synchronisation.
+    """
+    xs, xt = make_views(images, offsets, flips, res, resize_mode, full_view=full_view)
+    target = labels
+    if mix_gen is not None:
+        xs, target = mix_batch(xs, labels, mix_gen)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    with torch.autocast(**(autocast or dict(device_type=xs.device.type, enabled=False))), \
+            capture_tokens(model, token_layers) as tokens:
+        out = model(xs, return_attn=need_attn)
+        out, attns = out if need_attn else (out, None)
+        internals = tokens if token_layers else attns          # what the saliency term reads
+        loss, parts = loss_fn(out, internals, target, teacher_input=xs if xt is None else xt)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    cls_logits = out[0] if isinstance(out, tuple) else out
+    zero = loss.new_zeros(())
+    return torch.stack([loss.detach().float(), parts["ce"].float(), parts.get("kd", zero).float(),
+                        parts.get("sal", zero).float(), (cls_logits.argmax(-1) == labels).sum().float()])
+
+
 def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = None,
           teacher_info: dict | None = None) -> dict:
     """Train one model through the curriculum, evaluate it, write runs/NAME/; return results.json's dict.
@@ -920,27 +951,14 @@ def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = 
             first_bad = torch.full((), -1, device=device)  # first step with a non-finite loss
             t0 = time.time()
             for idx, offsets, flips in sampler.epoch(crop=res if cfg.resize_mode == "crop" else 32):
-                xs, xt = make_views(d["train_x"][idx], offsets, flips, res, cfg.resize_mode,
-                                    full_view=cfg.kd and cfg.teacher_res == "full")
-                y = target = d["train_y"][idx]
-                if cfg.mixup:
-                    xs, target = mix_batch(xs, y, mix_gen)
                 lr = lr_at(cfg, step, total_steps, cfg.warmup_epochs * steps_per_epoch)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                with torch.autocast(**autocast), capture_tokens(model, token_layers) as tokens:
-                    out = model(xs, return_attn=need_attn)
-                    out, attns = out if need_attn else (out, None)
-                    attns = tokens if token_layers else attns        # what the saliency term reads
-                    loss, parts = loss_fn(out, attns, target, teacher_input=xs if xt is None else xt)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                cls_logits = out[0] if isinstance(out, tuple) else out
-                zero = torch.zeros((), device=device)
-                sums += torch.stack([loss.detach().float(), parts["ce"].float(), parts.get("kd", zero).float(),
-                                     parts.get("sal", zero).float(), (cls_logits.argmax(-1) == y).sum().float()])
-                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()),
+                stats = train_step(model, loss_fn, opt, d["train_x"][idx], d["train_y"][idx], offsets, flips,
+                                   res=res, lr=lr, resize_mode=cfg.resize_mode,
+                                   full_view=cfg.kd and cfg.teacher_res == "full", need_attn=need_attn,
+                                   token_layers=token_layers, mix_gen=mix_gen if cfg.mixup else None,
+                                   autocast=autocast)
+                sums += stats
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(stats[0]),
                                         torch.full_like(first_bad, step), first_bad)
                 step += 1
                 bar.update(cfg.batch_size)
