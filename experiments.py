@@ -242,13 +242,19 @@ def main(argv: list[str]) -> int:
     except (ValueError, irkd.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    try:
+    def run_all():
         for cfg in cfgs:
             if cfg.name.startswith("teacher_"):
-                print(f"training {cfg.name}: about {teacher_lib.estimate_seconds(cfg) / 60:.0f} min expected")
-                irkd.train(cfg, data=data)
+                teacher_lib.train_teacher(cfg, data)
             else:
                 run(cfg, data)
+    return guarded(run_all)
+
+
+def guarded(fn) -> int:
+    """Run a training command; Ctrl-C and known failures become a message and an exit status."""
+    try:
+        fn()
     except KeyboardInterrupt:
         # Every finished epoch is already in checkpoint.pt; the same command continues from it.
         print(f"\ninterrupted: the last finished epoch is saved. Resume with:\n"

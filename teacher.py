@@ -83,6 +83,14 @@ def estimate_seconds(cfg: irkd.Config) -> float:
     return min(times[1:]) * (n_train // cfg.batch_size) * cfg.epochs
 
 
+def train_teacher(cfg: irkd.Config, data: dict | None = None) -> dict:
+    """Announce the teacher run with its expected duration (measured, not guessed), then train it."""
+    print(f"training {cfg.name} ({cfg.model}, patch {cfg.patch_size}, {cfg.epochs} epochs): about "
+          f"{estimate_seconds(cfg) / 60:.0f} min expected on {irkd.device_name(irkd.pick_device(cfg.device))}",
+          flush=True)
+    return irkd.train(cfg, data=data)
+
+
 def ensure_teacher(cfg: irkd.Config, data: dict | None = None):
     """The frozen teacher for a student config -> (model, info for config/results).
 
@@ -93,12 +101,8 @@ def ensure_teacher(cfg: irkd.Config, data: dict | None = None):
     path = cfg.teacher or default_path(cfg)
     expected = QUICK_PRESET if cfg.quick and not cfg.teacher else cfg.teacher_model
     if not cfg.teacher and not os.path.exists(path):
-        tcfg = teacher_config(cfg.patch_size, quick=cfg.quick, base=cfg)
-        eta = estimate_seconds(tcfg)
-        print(f"no teacher at {path}: training {tcfg.name} ({tcfg.model}, patch {tcfg.patch_size}, "
-              f"{tcfg.epochs} epochs) first, expected to take about {eta / 60:.0f} min on "
-              f"{irkd.device_name(irkd.pick_device(tcfg.device))}", flush=True)
-        irkd.train(tcfg, data=data)
+        print(f"no teacher at {path}: it is trained first", flush=True)
+        train_teacher(teacher_config(cfg.patch_size, quick=cfg.quick, base=cfg), data)
     model, ckpt = irkd.load_model(path)
     args = ckpt["model_args"]
     if args["preset"] != expected or args["patch_size"] != cfg.patch_size or args["distill_token"]:
@@ -113,7 +117,7 @@ def ensure_teacher(cfg: irkd.Config, data: dict | None = None):
 
 
 def main(argv: list[str]) -> int:
-    from experiments import parse_overrides  # the one CLI parser, shared with the experiments
+    from experiments import guarded, parse_overrides  # the one CLI, shared with the experiments
     try:
         overrides = parse_overrides(argv)
         quick = overrides.pop("quick", False)
@@ -124,19 +128,11 @@ def main(argv: list[str]) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"training {cfg.name}: about {estimate_seconds(cfg) / 60:.0f} min expected", flush=True)
-    try:
-        r = irkd.train(cfg)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: the last finished epoch is saved. Resume with:\n  python {' '.join(sys.argv)}",
-              file=sys.stderr)
-        return 130
-    except (ValueError, OSError, FloatingPointError, irkd.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"{cfg.name}: test accuracy {r['test_acc']:.2f} % at 32 px -> {os.path.join(cfg.out, cfg.name)}")
-    return 0
 
+    def go():
+        r = train_teacher(cfg)
+        print(f"{cfg.name}: test accuracy {r['test_acc']:.2f} % at 32 px -> {os.path.join(cfg.out, cfg.name)}")
+    return guarded(go)
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
