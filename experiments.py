@@ -242,6 +242,7 @@ def main(argv: list[str]) -> int:
     except (ValueError, irkd.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
     def run_all():
         for cfg in cfgs:
             if cfg.name.startswith("teacher_"):
