@@ -397,15 +397,8 @@ def parse_args(argv: list[str]) -> dict:
 
 
 def maybe_compile(model, opts, device):
-    """--compile: torch.compile, one static graph per resolution and attention path."""
-    if not opts["compile"]:
-        return model
-    # 6 resolutions x (fused, explicit) x (train, eval) graphs: above dynamo's default limit of 8,
-    # past which it would silently fall back to eager.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    # CUDA: CUDA graphs remove the launch overhead of the small 12-px stage; CPU: inductor's C++.
-    mode = "reduce-overhead" if device.type == "cuda" else "default"
-    return torch.compile(model, mode=mode, dynamic=False)
+    """--compile: irkd.compile_model, as train() does with compile=True."""
+    return irkd.compile_model(model, device) if opts["compile"] else model
 
 
 def run(opts: dict) -> dict:

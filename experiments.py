@@ -66,10 +66,32 @@ for _name, _, _, _setup, _paper in TABLE[:5]:
     _cpu = "cpu_" + _setup.lower().replace("+", "_")
     EXPERIMENTS[_cpu] = dataclasses.replace(EXPERIMENTS[_name], name=_cpu, **CPU_PROTOCOL)
     PAPER[_cpu], SETUP[_cpu] = _paper, _setup
+CPU_CELLS = [n for n in EXPERIMENTS if n.startswith("cpu_")]
+# The reduced protocol's teacher, and the same teacher without TrivialAugment and random
+# erasing: the ablation that decides whether they stay in the teacher recipe.
+_cpu_teacher = teacher_lib.teacher_config(4, base=EXPERIMENTS["cpu_kd"])
+EXPERIMENTS[_cpu_teacher.name] = _cpu_teacher
+EXPERIMENTS[_cpu_teacher.name + "_plain"] = dataclasses.replace(
+    _cpu_teacher, name=_cpu_teacher.name + "_plain", randaug=False, erasing=0.0)
+SETUP[_cpu_teacher.name], SETUP[_cpu_teacher.name + "_plain"] = "teacher", "teacher w/o TA+RE"
+
+# Beyond the paper: the full method (KD+CL+Sal) with one thing changed.
+BEYOND = {
+    "fullres": ("teacher sees 32 px", dict(teacher_res="full")),
+    "carryopt": ("AdamW carried over", dict(fresh_optimizer=False)),
+    "grad": ("Grad-CAM saliency", dict(saliency="grad")),
+}
+for _base in ("tiny_p4_kd_cl_sal", "cpu_kd_cl_sal"):
+    for _suffix, (_what, _change) in BEYOND.items():
+        _name = f"{_base}_{_suffix}"
+        EXPERIMENTS[_name] = dataclasses.replace(EXPERIMENTS[_base], name=_name, **_change)
+        PAPER[_name], SETUP[_name] = None, f"KD+CL+Sal, {_what}"
 GROUPS = {
     "small_p4_all": ["tiny_p4_ce", "tiny_p4_cl", "tiny_p4_kd", "tiny_p4_kd_cl", "tiny_p4_kd_cl_sal"],
     "table": [name for name, _, _ in TEACHERS] + [row[0] for row in TABLE],
-    "cpu": [n for n in EXPERIMENTS if n.startswith("cpu_")],
+    "beyond": [f"tiny_p4_kd_cl_sal_{s}" for s in BEYOND],
+    "cpu": CPU_CELLS,
+    "cpu_beyond": [f"cpu_kd_cl_sal_{s}" for s in BEYOND],
 }
 NAMED = ["exp1a", "exp1b", "saliency_p2", "small_p4_all", "kdonly"]
 
@@ -150,9 +172,10 @@ def run(cfg: irkd.Config, data: dict) -> dict:
 
 
 def list_experiments() -> str:
-    lines = [f"{'name':20s} {'student':8s} {'patch':>5s}  {'setup':10s} {'paper %':>7s}"]
+    lines = [f"{'name':36s} {'student':8s} {'patch':>5s}  {'paper %':>7s}  setup"]
     for name, cfg in EXPERIMENTS.items():
-        lines.append(f"{name:20s} {cfg.model:8s} {cfg.patch_size:5d}  {SETUP[name]:10s} {PAPER[name]:7.2f}")
+        paper = f"{PAPER[name]:7.2f}" if PAPER.get(name) else f"{'–':>7s}"
+        lines.append(f"{name:36s} {cfg.model:8s} {cfg.patch_size:5d}  {paper}  {SETUP[name]}")
     lines.append("")
     lines += [f"{g:20s} = {' '.join(names)}" for g, names in GROUPS.items()]
     lines.append(f"\nnamed variants: {', '.join(NAMED)}")

@@ -155,9 +155,9 @@ def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float32, standardised with the CIFAR-10 mean and std."""
+    """uint8 (B, 3, H, W), or float in [0, 1] -> float32, standardised with the CIFAR-10 mean and std."""
     mean, std = _mean_std(x.device)
-    return (x.float() / 255.0 - mean) / std
+    return ((x.float() / 255.0 if x.dtype == torch.uint8 else x) - mean) / std
 
 
 def resize(x: torch.Tensor, res: int) -> torch.Tensor:
@@ -211,20 +211,99 @@ class EpochSampler:
         return self.n // self.batch_size
 
 
-def make_views(x_uint8: torch.Tensor, offsets, flips, res: int, mode: str, full_view: bool):
+# The teacher recipe's stronger augmentation, as batch tensor ops on the device (no torchvision):
+# one random op per image at a random strength (TrivialAugment, Mueller & Hutter 2021, with
+# moderate CIFAR ranges), then random erasing (Zhong et al. 2020). Students do not use them.
+AUG_OPS = ("identity", "brightness", "color", "contrast", "sharpness", "posterize", "solarize",
+           "autocontrast", "rotate", "shear_x", "shear_y", "translate_x", "translate_y")
+_GEOMETRIC = 8  # AUG_OPS[8:] move pixels (one affine warp); the ones before change values
+
+
+def apply_ops(x: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """x: float (B, 3, H, W) in [0, 1]; op: (B,) index into AUG_OPS; magnitude: (B,) in [-1, 1].
+
+    Every op is computed for the whole batch and each image keeps its own op's result: at
+    32 px this costs far less than a Python loop over images. On 8-bit images (uint8 / 255,
+    what training feeds it) magnitude 0 is the identity for every op except autocontrast,
+    which has no strength.
+    """
+    B, C, H, W = x.shape
+    m = magnitude.view(B, 1, 1, 1)
+    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])          # (B, 1, H, W)
+    blur = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)  # (B, C, H, W)
+    lo, hi = x.amin((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)        # (B, C, 1, 1)
+    step = 2.0 ** (m.abs() * 4).round()            # posterize: drop 0..4 of the 8 bits
+    values = torch.stack([                          # (8, B, C, H, W), in AUG_OPS order
+        x,
+        x * (1 + 0.9 * m),                                             # brightness
+        gray + (1 + 0.9 * m) * (x - gray),                             # color (saturation)
+        gray.mean((2, 3), keepdim=True) + (1 + 0.9 * m) * (x - gray.mean((2, 3), keepdim=True)),
+        x + 0.9 * m * (x - blur),                                      # sharpness (negative: blur)
+        torch.floor((x * 255).round() / step) * step / 255,            # posterize
+        torch.where(x > 1 - m.abs(), 1 - x, x),                        # solarize above 1 - |m|
+        (x - lo) / (hi - lo).clamp_min(1e-3),                          # autocontrast
+    ]).clamp(0, 1)
+    value_op = torch.where(op < _GEOMETRIC, op, 0)                                # geometric: identity here
+    out = values[value_op, torch.arange(B, device=x.device)]                      # (B, C, H, W)
+    # The geometric ops share one affine warp; theta is the identity for every other image.
+    theta = torch.eye(2, 3, device=x.device).repeat(B, 1, 1)                      # (B, 2, 3)
+    angle = math.radians(30) * magnitude
+    rot = torch.stack([torch.cos(angle), -torch.sin(angle), torch.sin(angle), torch.cos(angle)], -1)
+    theta[:, :, :2] = torch.where((op == 8).view(B, 1, 1), rot.view(B, 2, 2), theta[:, :, :2])
+    theta[:, 0, 1] += torch.where(op == 9, 0.3 * magnitude, 0.0)                  # shear x
+    theta[:, 1, 0] += torch.where(op == 10, 0.3 * magnitude, 0.0)                 # shear y
+    theta[:, 0, 2] += torch.where(op == 11, 0.6 * magnitude, 0.0)                 # up to 30 % of the width
+    theta[:, 1, 2] += torch.where(op == 12, 0.6 * magnitude, 0.0)
+    grid = F.affine_grid(theta, [B, C, H, W], align_corners=False)
+    warped = F.grid_sample(out, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return torch.where((op >= _GEOMETRIC).view(B, 1, 1, 1), warped, out)
+
+
+def trivial_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One op of AUG_OPS per image with a uniform random signed magnitude, drawn on x's device."""
+    B = x.shape[0]
+    op = torch.randint(len(AUG_OPS), (B,), generator=generator, device=x.device)
+    magnitude = torch.rand(B, generator=generator, device=x.device) * 2 - 1
+    return apply_ops(x, op, magnitude)
+
+
+def random_erase(x: torch.Tensor, generator: torch.Generator, p: float) -> torch.Tensor:
+    """With probability p per image, set a random rectangle (2-33 % of the area, aspect
+    0.3-3.3) to 0, the dataset mean once normalised. x: (B, C, H, W), normalised."""
+    B, _, H, W = x.shape
+    u = torch.rand(5, B, generator=generator, device=x.device)
+    area = (0.02 + 0.31 * u[0]) * H * W
+    aspect = torch.exp(math.log(0.3) + (math.log(3.3) - math.log(0.3)) * u[1])
+    h = (area * aspect).sqrt().round().clamp(1, H)
+    w = (area / aspect).sqrt().round().clamp(1, W)
+    top, left = ((H - h + 1) * u[2]).floor(), ((W - w + 1) * u[3]).floor()
+    rows = torch.arange(H, device=x.device).view(1, H, 1)
+    cols = torch.arange(W, device=x.device).view(1, 1, W)
+    inside = ((rows >= top.view(B, 1, 1)) & (rows < (top + h).view(B, 1, 1))
+              & (cols >= left.view(B, 1, 1)) & (cols < (left + w).view(B, 1, 1)))  # (B, H, W)
+    erase = inside & (u[4] < p).view(B, 1, 1)
+    return x.masked_fill(erase.unsqueeze(1), 0.0)
+
+
+def make_views(x_uint8: torch.Tensor, offsets, flips, res: int, mode: str, full_view: bool,
+               aug_gen: torch.Generator | None = None):
     """One augmented batch -> (student view at `res`, teacher's 32-px view or None).
 
     mode "resize": crop 32 of the padded image, flip, resize to res (the paper's idea).
     mode "crop":   crop res x res of the padded image directly (what the original code did).
-    With full_view both views come from the *same* augmented 32-px image.
+    With full_view both views come from the *same* augmented 32-px image. With aug_gen,
+    trivial_augment() runs on the 32-px crop first (the teacher recipe).
     """
+    def crop(size):
+        x = random_crop_flip(x_uint8, offsets, flips, size=size)
+        return normalize(trivial_augment(x.float() / 255, aug_gen) if aug_gen is not None else x)
     if mode == "resize":
-        full = normalize(random_crop_flip(x_uint8, offsets, flips, size=32))
+        full = crop(32)
         return resize(full, res), (full if full_view else None)
     if mode == "crop":
         if full_view:
             raise ValueError("teacher_res='full' needs resize_mode='resize': a crop has no 32-px view")
-        return normalize(random_crop_flip(x_uint8, offsets, flips, size=res)), None
+        return crop(res), None
     raise ValueError(f"unknown resize_mode {mode!r}; use 'resize' or 'crop'")
 
 
@@ -573,7 +652,9 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, num_
               mixup_alpha: float = 0.2, cutmix_alpha: float = 1.0):
     """Mixup or CutMix (half the batches each) for the teacher recipe -> (x, soft targets)."""
     B = x.shape[0]
-    perm = torch.randperm(B, generator=generator).to(x.device)
+    perm = torch.randperm(B, generator=generator)
+    # pinned + non_blocking: a plain host-to-GPU copy would wait for the queued work (a sync per step)
+    perm = perm.pin_memory().to(x.device, non_blocking=True) if x.is_cuda else perm.to(x.device)
     use_cutmix = torch.rand(1, generator=generator).item() < 0.5
     alpha = cutmix_alpha if use_cutmix else mixup_alpha
     # Beta(alpha, alpha) from the same generator, so the run stays a function of its seed.
@@ -623,6 +704,8 @@ class Config:
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
     mixup: bool = False                # mixup / cutmix, half the batches each (teacher recipe)
+    randaug: bool = False              # TrivialAugment: one random op per image (teacher recipe)
+    erasing: float = 0.0               # random-erasing probability per image (teacher recipe)
     # distillation
     alpha: float = 0.5
     temperature: float = 4.0
@@ -643,6 +726,7 @@ class Config:
     out: str = "runs"
     quick: bool = False
     resume: bool = True                # continue from runs/NAME/checkpoint.pt when it exists
+    compile: bool = False              # torch.compile the student and teacher (CUDA graphs on CUDA)
 
     def stages(self) -> list[tuple[int, int]]:
         """[(resolution, epochs), ...]: six 10-epoch stages with cl, else 60 epochs at 32 px."""
@@ -673,8 +757,14 @@ class Config:
                 bad(f"{k}={getattr(self, k)!r}; valid: {', '.join(valid)}")
         if self.sal and not self.kd:
             bad("sal=True needs kd=True (the saliency target comes from the teacher)")
-        if self.mixup and self.kd:
-            bad("mixup is part of the teacher recipe; it cannot be combined with kd")
+        if (self.mixup or self.randaug or self.erasing) and self.kd:
+            bad("mixup, randaug and erasing are part of the teacher recipe; they cannot be combined with kd "
+                "(the teacher would have to see the same altered images)")
+        if self.compile and self.sal and self.saliency == "grad":
+            bad("compile=True cannot run saliency='grad': compiled graphs have no second-order "
+                "gradients; use --compile=false or --saliency=rollout")
+        if not 0 <= self.erasing <= 1:
+            bad(f"erasing={self.erasing} is a probability; choose a value in [0, 1]")
 
 
 def keep_freed_memory() -> bool:
@@ -695,6 +785,21 @@ def keep_freed_memory() -> bool:
         return False
     M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4                   # from <malloc.h>; a threshold of -1: never trim
     return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, -1))
+
+
+def compile_model(model: nn.Module, device: torch.device, backend: str = "inductor") -> nn.Module:
+    """torch.compile with one static graph per resolution and attention path.
+
+    On CUDA, mode "reduce-overhead" replays each step as a CUDA graph: the 9-token 12-px
+    stage is otherwise bound by kernel launches, not by arithmetic. Callers mark each new
+    step with torch.compiler.cudagraph_mark_step_begin(). On a CPU, inductor's C++.
+    The returned module shares its parameters with `model`: save and load through `model`.
+    """
+    # 6 resolutions x (fused, explicit) x (train, eval) graphs: above dynamo's default limit of 8,
+    # past which it would silently fall back to eager.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    mode = "reduce-overhead" if device.type == "cuda" and backend == "inductor" else None
+    return torch.compile(model, backend=backend, mode=mode, dynamic=False)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -789,7 +894,7 @@ def make_run_dir(cfg: Config) -> str:
 
 # Config fields that may change between a run and its resumption (where and how
 # fast it runs, not what it computes).
-RESUMABLE_CHANGES = {"device", "resume", "data"}
+RESUMABLE_CHANGES = {"device", "resume", "data", "compile"}
 
 
 def load_checkpoint(path: str) -> dict:
@@ -837,14 +942,19 @@ def saliency_snapshot(model: nn.Module, teacher: nn.Module | None, images: torch
 def train_step(model: nn.Module, loss_fn: IRKDLoss, opt: torch.optim.Optimizer, images: torch.Tensor,
                labels: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, *, res: int, lr: float,
                resize_mode: str = "resize", full_view: bool = False, need_attn: bool = False,
-               token_layers=(), mix_gen: torch.Generator | None = None, autocast: dict | None = None):
+               token_layers=(), mix_gen: torch.Generator | None = None, aug_gen: torch.Generator | None = None,
+               randaug: bool = False, erasing: float = 0.0, autocast: dict | None = None):
     """One optimisation step on a uint8 batch -> (loss, ce, kd, sal, correct) as one device tensor.
 
     The body of train()'s inner loop (bench.py times this same function): augment and
-    resize, optional mixup, student forward (explicit attention where saliency needs it),
+    resize, the teacher recipe's extras (TrivialAugment, random erasing, mixup / cutmix;
+    their draws from the device generator aug_gen), student forward (explicit attention where saliency needs it),
     IRKDLoss (which runs the teacher), backward, AdamW. No host synchronisation.
     """
-    xs, xt = make_views(images, offsets, flips, res, resize_mode, full_view=full_view)
+    xs, xt = make_views(images, offsets, flips, res, resize_mode, full_view=full_view,
+                        aug_gen=aug_gen if randaug else None)
+    if erasing > 0:
+        xs = random_erase(xs, aug_gen, erasing)
     target = labels
     if mix_gen is not None:
         xs, target = mix_batch(xs, labels, mix_gen)
@@ -891,7 +1001,10 @@ def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = 
                         dropout=cfg.dropout).to(device)
     if teacher is not None:
         teacher = teacher.to(device)
-    loss_fn = IRKDLoss(teacher if cfg.kd else None, alpha=cfg.alpha, temperature=cfg.temperature,
+    # What the steps run: the same modules, compiled with cfg.compile (their weights are shared).
+    step_model = compile_model(model, device) if cfg.compile else model
+    step_teacher = compile_model(teacher, device) if cfg.compile and teacher is not None else teacher
+    loss_fn = IRKDLoss(step_teacher if cfg.kd else None, alpha=cfg.alpha, temperature=cfg.temperature,
                        hard=cfg.hard_kd, gamma=cfg.gamma if cfg.sal else 0.0,
                        label_smoothing=cfg.label_smoothing, saliency=cfg.saliency)
     # The explicit attention path only where saliency needs it: rollout reads its probabilities,
@@ -908,6 +1021,7 @@ def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = 
     steps_per_epoch = sampler.steps_per_epoch()
     total_steps = steps_per_epoch * total_epochs
     mix_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)  # on the device: no copies per step
     sal_images = d["test_x"][:8]             # the fixed handful whose maps plots.py shows
     log_path, sal_path = os.path.join(run_dir, "log.jsonl"), os.path.join(run_dir, "saliency.pt")
     done, step, train_s, rows, snapshots, opt_state = 0, 0, 0.0, [], [], None
@@ -915,6 +1029,8 @@ def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = 
         model.load_state_dict(ckpt["model"])
         sampler.generator.set_state(ckpt["sampler_rng"])
         mix_gen.set_state(ckpt["mix_rng"])
+        if ckpt.get("aug_rng") is not None and len(ckpt["aug_rng"]) == len(aug_gen.get_state()):
+            aug_gen.set_state(ckpt["aug_rng"])   # (not when resumed on another device type)
         torch.set_rng_state(ckpt["torch_rng"])
         if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
             torch.cuda.set_rng_state_all(ckpt["cuda_rng"])      # dropout draws on the GPU's generator
@@ -952,11 +1068,13 @@ def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = 
             t0 = time.time()
             for idx, offsets, flips in sampler.epoch(crop=res if cfg.resize_mode == "crop" else 32):
                 lr = lr_at(cfg, step, total_steps, cfg.warmup_epochs * steps_per_epoch)
-                stats = train_step(model, loss_fn, opt, d["train_x"][idx], d["train_y"][idx], offsets, flips,
+                if cfg.compile and device.type == "cuda":
+                    torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are consumed
+                stats = train_step(step_model, loss_fn, opt, d["train_x"][idx], d["train_y"][idx], offsets, flips,
                                    res=res, lr=lr, resize_mode=cfg.resize_mode,
                                    full_view=cfg.kd and cfg.teacher_res == "full", need_attn=need_attn,
                                    token_layers=token_layers, mix_gen=mix_gen if cfg.mixup else None,
-                                   autocast=autocast)
+                                   aug_gen=aug_gen, randaug=cfg.randaug, erasing=cfg.erasing, autocast=autocast)
                 sums += stats
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(stats[0]),
                                         torch.full_like(first_bad, step), first_bad)
@@ -988,7 +1106,8 @@ def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = 
             save_atomic(dict(model=model.state_dict(), optimizer=opt.state_dict(), stage=stage,
                              stage_epoch=stage_epoch, epoch=epoch, step=step, train_s=train_s,
                              sampler_rng=sampler.generator.get_state(), mix_rng=mix_gen.get_state(),
-                             torch_rng=torch.get_rng_state(), config=dataclasses.asdict(cfg),
+                             aug_rng=aug_gen.get_state(), torch_rng=torch.get_rng_state(),
+                             config=dataclasses.asdict(cfg),
                              cuda_rng=torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
                              model_args=model_args(cfg), teacher_info=teacher_info),
                         os.path.join(run_dir, "checkpoint.pt"))
