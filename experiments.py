@@ -57,11 +57,11 @@ EXPERIMENTS.update({name: teacher_lib.teacher_config(patch) for name, patch, _ i
 PAPER = {row[0]: row[-1] for row in TABLE} | {name: acc for name, _, acc in TEACHERS}
 SETUP = {name: setup for name, _, _, setup, _ in TABLE} | {name: "teacher" for name, _, _ in TEACHERS}
 
-# A reduced protocol that a 2-core CPU finishes in about two hours: the custom-student
+# A reduced protocol that a 2-core CPU finishes in about an hour: the custom-student
 # column with a custom-size teacher (40 epochs), on 10,000 of the training images,
-# 30 epochs (5 per curriculum stage). Same code, smaller budget; the paper's number of
+# 18 epochs (3 per curriculum stage). Same code, smaller budget; the paper's number of
 # the full cell stands beside each for orientation only.
-CPU_PROTOCOL = dict(train_size=10000, val_size=1000, epochs=30, teacher_model="custom", teacher_epochs=40)
+CPU_PROTOCOL = dict(train_size=10000, val_size=1000, epochs=18, teacher_model="custom", teacher_epochs=40)
 for _name, _, _, _setup, _paper in TABLE[:5]:
     _cpu = "cpu_" + _setup.lower().replace("+", "_")
     EXPERIMENTS[_cpu] = dataclasses.replace(EXPERIMENTS[_name], name=_cpu, **CPU_PROTOCOL)
@@ -85,13 +85,14 @@ for _base in ("tiny_p4_kd_cl_sal", "cpu_kd_cl_sal"):
     for _suffix, (_what, _change) in BEYOND.items():
         _name = f"{_base}_{_suffix}"
         EXPERIMENTS[_name] = dataclasses.replace(EXPERIMENTS[_base], name=_name, **_change)
-        PAPER[_name], SETUP[_name] = None, f"KD+CL+Sal, {_what}"
+        SETUP[_name] = f"KD+CL+Sal, {_what}"                      # no paper number
 GROUPS = {
     "small_p4_all": ["tiny_p4_ce", "tiny_p4_cl", "tiny_p4_kd", "tiny_p4_kd_cl", "tiny_p4_kd_cl_sal"],
     "table": [name for name, _, _ in TEACHERS] + [row[0] for row in TABLE],
     "beyond": [f"tiny_p4_kd_cl_sal_{s}" for s in BEYOND],
     "cpu": CPU_CELLS,
     "cpu_beyond": [f"cpu_kd_cl_sal_{s}" for s in BEYOND],
+    "cpu_teacher": [_cpu_teacher.name, _cpu_teacher.name + "_plain"],
 }
 NAMED = ["exp1a", "exp1b", "saliency_p2", "small_p4_all", "kdonly"]
 
@@ -172,10 +173,10 @@ def run(cfg: irkd.Config, data: dict) -> dict:
 
 
 def list_experiments() -> str:
-    lines = [f"{'name':36s} {'student':8s} {'patch':>5s}  {'paper %':>7s}  setup"]
+    lines = [f"{'name':38s} {'student':8s} {'patch':>5s}  {'paper %':>7s}  setup"]
     for name, cfg in EXPERIMENTS.items():
         paper = f"{PAPER[name]:7.2f}" if PAPER.get(name) else f"{'–':>7s}"
-        lines.append(f"{name:36s} {cfg.model:8s} {cfg.patch_size:5d}  {paper}  {SETUP[name]}")
+        lines.append(f"{name:38s} {cfg.model:8s} {cfg.patch_size:5d}  {paper}  {SETUP[name]}")
     lines.append("")
     lines += [f"{g:20s} = {' '.join(names)}" for g, names in GROUPS.items()]
     lines.append(f"\nnamed variants: {', '.join(NAMED)}")

@@ -232,6 +232,7 @@ def apply_ops(x: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> tor
     gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])          # (B, 1, H, W)
     blur = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)  # (B, C, H, W)
     lo, hi = x.amin((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)        # (B, C, 1, 1)
+    stretched = torch.where(hi > lo, (x - lo) / (hi - lo).clamp_min(1e-3), x)  # a flat channel stays
     step = 2.0 ** (m.abs() * 4).round()            # posterize: drop 0..4 of the 8 bits
     values = torch.stack([                          # (8, B, C, H, W), in AUG_OPS order
         x,
@@ -241,19 +242,22 @@ def apply_ops(x: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> tor
         x + 0.9 * m * (x - blur),                                      # sharpness (negative: blur)
         torch.floor((x * 255).round() / step) * step / 255,            # posterize
         torch.where(x > 1 - m.abs(), 1 - x, x),                        # solarize above 1 - |m|
-        (x - lo) / (hi - lo).clamp_min(1e-3),                          # autocontrast
+        stretched,                                                     # autocontrast
     ]).clamp(0, 1)
     value_op = torch.where(op < _GEOMETRIC, op, 0)                                # geometric: identity here
     out = values[value_op, torch.arange(B, device=x.device)]                      # (B, C, H, W)
     # The geometric ops share one affine warp; theta is the identity for every other image.
-    theta = torch.eye(2, 3, device=x.device).repeat(B, 1, 1)                      # (B, 2, 3)
-    angle = math.radians(30) * magnitude
+    is_op = {name: op == AUG_OPS.index(name) for name in AUG_OPS[_GEOMETRIC:]}
+    mg = magnitude.to(x.dtype)
+    theta = torch.eye(2, 3, device=x.device, dtype=x.dtype).repeat(B, 1, 1)      # (B, 2, 3)
+    angle = math.radians(30) * mg
     rot = torch.stack([torch.cos(angle), -torch.sin(angle), torch.sin(angle), torch.cos(angle)], -1)
-    theta[:, :, :2] = torch.where((op == 8).view(B, 1, 1), rot.view(B, 2, 2), theta[:, :, :2])
-    theta[:, 0, 1] += torch.where(op == 9, 0.3 * magnitude, 0.0)                  # shear x
-    theta[:, 1, 0] += torch.where(op == 10, 0.3 * magnitude, 0.0)                 # shear y
-    theta[:, 0, 2] += torch.where(op == 11, 0.6 * magnitude, 0.0)                 # up to 30 % of the width
-    theta[:, 1, 2] += torch.where(op == 12, 0.6 * magnitude, 0.0)
+    theta[:, :, :2] = torch.where(is_op["rotate"].view(B, 1, 1), rot.view(B, 2, 2), theta[:, :, :2])
+    theta[:, 0, 1] += torch.where(is_op["shear_x"], 0.3 * mg, 0.0)
+    theta[:, 1, 0] += torch.where(is_op["shear_y"], 0.3 * mg, 0.0)
+    # translate: 0.6 in grid units (the image spans [-1, 1]) is 30 % of the width
+    theta[:, 0, 2] += torch.where(is_op["translate_x"], 0.6 * mg, 0.0)
+    theta[:, 1, 2] += torch.where(is_op["translate_y"], 0.6 * mg, 0.0)
     grid = F.affine_grid(theta, [B, C, H, W], align_corners=False)
     warped = F.grid_sample(out, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return torch.where((op >= _GEOMETRIC).view(B, 1, 1, 1), warped, out)
@@ -912,7 +916,8 @@ def resume_state(cfg: Config, run_dir: str, teacher_info: dict | None) -> dict |
         return None
     ckpt = load_checkpoint(path)
     old, new = ckpt["config"], dataclasses.asdict(cfg)
-    changed = [k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k]]
+    defaults = dataclasses.asdict(Config())  # a field added since the checkpoint was written had its default
+    changed = [k for k in new if k not in RESUMABLE_CHANGES and old.get(k, defaults[k]) != new[k]]
     if changed:
         raise ValueError(f"{run_dir} holds a run with a different config ({', '.join(changed)} differ); "
                          f"re-run with --resume=false to start over, or choose another --name or --out")
@@ -1030,7 +1035,9 @@ def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = 
         sampler.generator.set_state(ckpt["sampler_rng"])
         mix_gen.set_state(ckpt["mix_rng"])
         if ckpt.get("aug_rng") is not None and len(ckpt["aug_rng"]) == len(aug_gen.get_state()):
-            aug_gen.set_state(ckpt["aug_rng"])   # (not when resumed on another device type)
+            aug_gen.set_state(ckpt["aug_rng"])
+        elif cfg.randaug or cfg.erasing:      # CPU and CUDA generators differ: a new stream
+            print(f"note: resumed on {device.type}; the augmentation draws restart from the seed")
         torch.set_rng_state(ckpt["torch_rng"])
         if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
             torch.cuda.set_rng_state_all(ckpt["cuda_rng"])      # dropout draws on the GPU's generator

@@ -25,6 +25,7 @@ import torch
 import irkd
 
 QUICK_PRESET = "custom"  # the quick teacher: the custom size at 32 px, a few epochs
+RECIPE = ("mixup", "randaug", "erasing")  # augmentation a cached teacher must match
 
 
 def teacher_config(patch_size: int = 4, *, quick: bool = False, base: irkd.Config | None = None) -> irkd.Config:
@@ -113,8 +114,14 @@ def ensure_teacher(cfg: irkd.Config, data: dict | None = None):
             f"{' and a distillation token' if args['distill_token'] else ''}; this experiment needs a "
             f"{expected} teacher with patch {cfg.patch_size} (train it with "
             f"`python teacher.py --patch_size={cfg.patch_size}` or pass --teacher=PATH and --teacher_model=PRESET)")
+    recipe = {k: ckpt.get("config", {}).get(k, False) for k in RECIPE}
+    if not cfg.teacher:  # the cached default must have today's recipe, not an older one
+        want = {k: getattr(teacher_config(cfg.patch_size, quick=cfg.quick, base=cfg), k) for k in RECIPE}
+        if recipe != want:
+            raise ValueError(f"the cached teacher {path} was trained with {recipe}, but the teacher recipe is "
+                             f"now {want}; move it away to train a new one, or pass --teacher={path} to use it")
     info = dict(path=os.path.abspath(path), md5=irkd.md5sum(path), preset=args["preset"],
-                patch_size=args["patch_size"], test_acc=ckpt.get("test_acc"))
+                patch_size=args["patch_size"], test_acc=ckpt.get("test_acc"), **recipe)
     return model, info
 
 

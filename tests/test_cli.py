@@ -162,6 +162,22 @@ def test_ensure_teacher_loads_the_right_one(tmp_path):
         assert torch.equal(model.state_dict()[k], v)
 
 
+def test_ensure_teacher_refuses_a_stale_recipe(tmp_path):
+    # A cached default teacher trained before TrivialAugment / random erasing joined the
+    # recipe (its config has neither field) is refused; naming it with --teacher uses it.
+    cfg = irkd.Config(kd=True, patch_size=4, teacher_model="custom", out=str(tmp_path))
+    path = teacher_lib.default_path(cfg)
+    save_checkpoint(path, "custom", 4)
+    ckpt = torch.load(path, weights_only=False)
+    for k in ("randaug", "erasing"):
+        del ckpt["config"][k]
+    torch.save(ckpt, path)
+    with pytest.raises(ValueError, match="recipe.*--teacher="):
+        teacher_lib.ensure_teacher(cfg)
+    _, info = teacher_lib.ensure_teacher(dataclasses.replace(cfg, teacher=path))
+    assert info["randaug"] is False and info["erasing"] is False
+
+
 def test_load_model_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="teacher"):
         irkd.load_model(str(tmp_path / "missing.pt"))

@@ -96,6 +96,18 @@ def test_resume_refuses_a_different_config(tmp_path, train_data):
         irkd.train(tiny_cfg(tmp_path, epochs=2, lr=1e-3), data=train_data)
 
 
+def test_resume_fills_fields_added_since_with_defaults(tmp_path, train_data, capsys):
+    # A checkpoint written before a Config field existed resumes when the field is at its default.
+    irkd.train(tiny_cfg(tmp_path, epochs=2), data=train_data)
+    path = tmp_path / "r" / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=False)
+    del ckpt["config"]["erasing"]
+    torch.save(ckpt, path)
+    assert irkd.resume_state(tiny_cfg(tmp_path, epochs=2), str(tmp_path / "r"), None) is not None
+    with pytest.raises(ValueError, match="erasing differ"):
+        irkd.resume_state(tiny_cfg(tmp_path, epochs=2, erasing=0.5), str(tmp_path / "r"), None)
+
+
 def test_unwritable_output_dir(tmp_path, train_data):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
