@@ -67,13 +67,15 @@ for _name, _, _, _setup, _paper in TABLE[:5]:
     EXPERIMENTS[_cpu] = dataclasses.replace(EXPERIMENTS[_name], name=_cpu, **CPU_PROTOCOL)
     PAPER[_cpu], SETUP[_cpu] = _paper, _setup
 CPU_CELLS = [n for n in EXPERIMENTS if n.startswith("cpu_")]
-# The reduced protocol's teacher, and the same teacher without TrivialAugment and random
-# erasing: the ablation that decides whether they stay in the teacher recipe.
+# The reduced protocol's teacher, and the ablation that decided the teacher recipe: the same
+# teacher under its own name ("_plain", the recipe as it is) and with TrivialAugment and random
+# erasing ("_ta_re").
 _cpu_teacher = teacher_lib.teacher_config(4, base=EXPERIMENTS["cpu_kd"])
 EXPERIMENTS[_cpu_teacher.name] = _cpu_teacher
-EXPERIMENTS[_cpu_teacher.name + "_plain"] = dataclasses.replace(
-    _cpu_teacher, name=_cpu_teacher.name + "_plain", randaug=False, erasing=0.0)
-SETUP[_cpu_teacher.name], SETUP[_cpu_teacher.name + "_plain"] = "teacher", "teacher w/o TA+RE"
+for _suffix, _aug, _what in (("_plain", {}, "teacher"), ("_ta_re", dict(randaug=True, erasing=0.25), "teacher + TA + RE")):
+    EXPERIMENTS[_cpu_teacher.name + _suffix] = dataclasses.replace(_cpu_teacher, name=_cpu_teacher.name + _suffix, **_aug)
+    SETUP[_cpu_teacher.name + _suffix] = _what
+SETUP[_cpu_teacher.name] = "teacher"
 
 # Beyond the paper: the full method (KD+CL+Sal) with one thing changed.
 BEYOND = {
@@ -92,7 +94,7 @@ GROUPS = {
     "beyond": [f"tiny_p4_kd_cl_sal_{s}" for s in BEYOND],
     "cpu": CPU_CELLS,
     "cpu_beyond": [f"cpu_kd_cl_sal_{s}" for s in BEYOND],
-    "cpu_teacher": [_cpu_teacher.name, _cpu_teacher.name + "_plain"],
+    "cpu_teacher": [_cpu_teacher.name + "_plain", _cpu_teacher.name + "_ta_re"],
 }
 NAMED = ["exp1a", "exp1b", "saliency_p2", "small_p4_all", "kdonly"]
 
@@ -190,7 +192,8 @@ def collect(out: str = "runs") -> dict[str, list[dict]]:
                        glob.glob(os.path.join(out, "quick", "*", "results.json"))):
         with open(path) as f:
             r = json.load(f)
-        base = re.sub(r"-seed\d+$", "", r["name"])
+        # by directory (a link to another run's directory counts as that run), not by the name inside
+        base = re.sub(r"-seed\d+$", "", os.path.basename(os.path.realpath(os.path.dirname(path))))
         key = f"{base} (quick)" if r.get("quick") else base
         groups.setdefault(key, {})[r["seed"]] = r   # one result per seed
     return {k: list(v.values()) for k, v in groups.items()}

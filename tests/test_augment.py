@@ -1,5 +1,6 @@
 """The teacher recipe's augmentation: apply_ops / trivial_augment (TrivialAugment), random_erase,
 make_views with aug_gen, the Config checks, teacher_config, and a resumable train() that uses them."""
+import dataclasses
 import json
 
 import pytest
@@ -144,11 +145,17 @@ def test_check_rejects(kw):
 
 # Oracle: the recipe in teacher.py (full teacher: on; quick teacher: off).
 def test_teacher_config_recipe():
+    # The recipe as measured (README, "Teacher recipe"): mixup/cutmix on, TA and RE off by
+    # default; the ablation's "_ta_re" teacher switches both on and is otherwise the same.
+    import experiments
     full, quick = teacher.teacher_config(4), teacher.teacher_config(4, quick=True)
-    assert full.randaug is True and full.erasing == 0.25 and full.mixup is True
-    assert quick.randaug is False and quick.erasing == 0.0
-    full.check()
-    quick.check()
+    assert full.randaug is False and full.erasing == 0.0 and full.mixup is True
+    assert quick.randaug is False and quick.erasing == 0.0 and quick.mixup is False
+    plain, ta_re = (experiments.EXPERIMENTS[n] for n in experiments.GROUPS["cpu_teacher"])
+    assert ta_re.randaug is True and ta_re.erasing == 0.25
+    assert dataclasses.replace(ta_re, name=plain.name, randaug=False, erasing=0.0) == plain
+    for c in (full, quick, plain, ta_re):
+        c.check()
 
 
 # Oracle: train_step feeds the student make_views(aug_gen) then random_erase, drawn from one

@@ -1,6 +1,7 @@
 """experiments.py and teacher.py: the command line, override parsing, teacher checks.
 Nothing here trains or reads data: every call fails or stops before that."""
 import dataclasses
+import json
 import os
 
 import pytest
@@ -219,3 +220,30 @@ def test_quick_teacher_is_where_quick_students_look(monkeypatch, capsys, extra):
     t = seen["cfg"]
     (student,) = experiments.configs_for("exp1a", experiments.parse_overrides(["--quick"] + extra))
     assert os.path.join(t.out, t.name, "model.pt") == teacher_lib.default_path(student)
+
+
+# ----------------------------------------------------------------------------- report
+
+def write_result(root, dirname, name, seed, acc, quick=False):
+    os.makedirs(root / dirname, exist_ok=True)
+    by_res = {str(r): acc - (32 - r) / 4 for r in irkd.RESOLUTIONS}
+    with open(root / dirname / "results.json", "w") as f:
+        json.dump(dict(name=name, seed=seed, test_acc=acc, test_acc_by_res=by_res, quick=quick,
+                       train_images=10000, test_images=10000, wall_s=100.0 + 2 * seed, device="cpu (test)"), f)
+
+
+def test_report_mean_std_over_seeds_and_links(tmp_path):
+    # Oracle: mean and sample std by hand. Seeds of one cell share a row; a directory that is a
+    # link to another run's directory is that run (counted once, under the real name).
+    write_result(tmp_path, "cpu_ce-seed0", "cpu_ce-seed0", 0, 50.0)
+    write_result(tmp_path, "cpu_ce-seed1", "cpu_ce-seed1", 1, 54.0)
+    write_result(tmp_path, "teacher_x_plain", "teacher_x_plain", 0, 57.7)
+    os.symlink("teacher_x_plain", tmp_path / "teacher_x")
+    groups = experiments.collect(str(tmp_path))
+    assert sorted(groups) == ["cpu_ce", "teacher_x_plain"]
+    rows = {line.split(" | ")[0].strip("| "): line for line in experiments.report(str(tmp_path)).splitlines()[2:]}
+    ce = rows["cpu_ce"].split(" | ")
+    assert ce[3] == "66.85"                                      # the paper's number for the CE cell
+    assert ce[4] == "52.00 ± 2.83"                               # mean 52, std sqrt(8) = 2.83
+    assert ce[5] == "47.00 ± 2.83"                               # 12 px: 5 points lower in both
+    assert ce[-2] == "101" and ce[-3] == "10000 / 10000"          # mean wall time; data sizes
