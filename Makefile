@@ -11,7 +11,7 @@ RUNS   ?= $(patsubst %/log.jsonl,%,$(wildcard runs/*/log.jsonl runs/quick/*/log.
 
 PY    := $(VENV)/bin/python
 FLAGS := --data=$(DATA) --device=$(DEVICE) $(if $(filter 1 true yes,$(QUICK)),--quick) $(ARGS)
-VARIANTS := exp1a exp1b saliency_p2 small_p4_all kdonly table cpu
+VARIANTS := exp1a exp1b saliency_p2 small_p4_all kdonly table beyond cpu cpu_beyond cpu_teacher
 
 .PHONY: setup test list teacher plots report bench $(VARIANTS)
 
