@@ -72,9 +72,11 @@ CPU_CELLS = [n for n in EXPERIMENTS if n.startswith("cpu_")]
 # erasing ("_ta_re").
 _cpu_teacher = teacher_lib.teacher_config(4, base=EXPERIMENTS["cpu_kd"])
 EXPERIMENTS[_cpu_teacher.name] = _cpu_teacher
-for _suffix, _aug, _what in (("_plain", {}, "teacher"), ("_ta_re", dict(randaug=True, erasing=0.25), "teacher + TA + RE")):
-    EXPERIMENTS[_cpu_teacher.name + _suffix] = dataclasses.replace(_cpu_teacher, name=_cpu_teacher.name + _suffix, **_aug)
-    SETUP[_cpu_teacher.name + _suffix] = _what
+_ablation = {"_plain": ({}, "teacher"), "_ta_re": (dict(randaug=True, erasing=0.25), "teacher + TA + RE")}
+for _suffix, (_aug, _what) in _ablation.items():
+    _name = _cpu_teacher.name + _suffix
+    EXPERIMENTS[_name] = dataclasses.replace(_cpu_teacher, name=_name, **_aug)
+    SETUP[_name] = _what
 SETUP[_cpu_teacher.name] = "teacher"
 
 # Beyond the paper: the full method (KD+CL+Sal) with one thing changed.

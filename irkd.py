@@ -230,6 +230,7 @@ def apply_ops(x: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> tor
     B, C, H, W = x.shape
     m = magnitude.view(B, 1, 1, 1)
     gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])          # (B, 1, H, W)
+    mean_gray = gray.mean((2, 3), keepdim=True)                                 # (B, 1, 1, 1)
     blur = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)  # (B, C, H, W)
     lo, hi = x.amin((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)        # (B, C, 1, 1)
     stretched = torch.where(hi > lo, (x - lo) / (hi - lo).clamp_min(1e-3), x)  # a flat channel stays
@@ -238,7 +239,7 @@ def apply_ops(x: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> tor
         x,
         x * (1 + 0.9 * m),                                             # brightness
         gray + (1 + 0.9 * m) * (x - gray),                             # color (saturation)
-        gray.mean((2, 3), keepdim=True) + (1 + 0.9 * m) * (x - gray.mean((2, 3), keepdim=True)),
+        mean_gray + (1 + 0.9 * m) * (x - mean_gray),                 # contrast
         x + 0.9 * m * (x - blur),                                      # sharpness (negative: blur)
         torch.floor((x * 255).round() / step) * step / 255,            # posterize
         torch.where(x > 1 - m.abs(), 1 - x, x),                        # solarize above 1 - |m|

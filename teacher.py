@@ -102,11 +102,12 @@ def ensure_teacher(cfg: irkd.Config, data: dict | None = None):
     size, trained first when missing. A checkpoint of another preset or patch size
     is refused: the student would silently distil from the wrong model.
     """
+    tcfg = teacher_config(cfg.patch_size, quick=cfg.quick, base=cfg)   # the recipe of the default
     path = cfg.teacher or default_path(cfg)
     expected = QUICK_PRESET if cfg.quick and not cfg.teacher else cfg.teacher_model
     if not cfg.teacher and not os.path.exists(path):
         print(f"no teacher at {path}: it is trained first", flush=True)
-        train_teacher(teacher_config(cfg.patch_size, quick=cfg.quick, base=cfg), data)
+        train_teacher(tcfg, data)
     model, ckpt = irkd.load_model(path)
     args = ckpt["model_args"]
     if args["preset"] != expected or args["patch_size"] != cfg.patch_size or args["distill_token"]:
@@ -117,7 +118,7 @@ def ensure_teacher(cfg: irkd.Config, data: dict | None = None):
             f"`python teacher.py --patch_size={cfg.patch_size}` or pass --teacher=PATH and --teacher_model=PRESET)")
     recipe = {k: ckpt.get("config", {}).get(k, False) for k in RECIPE}
     if not cfg.teacher:  # the cached default must have today's recipe, not an older one
-        want = {k: getattr(teacher_config(cfg.patch_size, quick=cfg.quick, base=cfg), k) for k in RECIPE}
+        want = {k: getattr(tcfg, k) for k in RECIPE}
         if recipe != want:
             raise ValueError(f"the cached teacher {path} was trained with {recipe}, but the teacher recipe is "
                              f"now {want}; move it away to train a new one, or pass --teacher={path} to use it")
