@@ -1019,7 +1019,8 @@ def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = 
     token_layers = grad_layers(len(model.blocks)) if need_attn and cfg.saliency == "grad" else []
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     write_json(os.path.join(run_dir, "config.json"),
-               dict(dataclasses.asdict(cfg), params=count_params(model), teacher_info=teacher_info))
+               dict(dataclasses.asdict(cfg), params=count_params(model), teacher_info=teacher_info,
+                    commit=git_commit()))
 
     stages = cfg.stages()
     total_epochs = sum(e for _, e in stages)
@@ -1134,12 +1135,25 @@ def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = 
                    train_s=round(train_s, 1), device=device_name(device), seed=cfg.seed,
                    epochs=total_epochs, stages=stages, teacher=teacher_info,
                    test_images=len(d["test_x"]), train_images=len(d["train_x"]), quick=cfg.quick,
+                   commit=git_commit(),
                    # which copy of the data: the official archive and the JPEG copy differ here
                    test_md5=hashlib.md5(d["test_x"].cpu().numpy().tobytes()).hexdigest())
     save_atomic(dict(model=model.state_dict(), model_args=model_args(cfg), config=dataclasses.asdict(cfg),
                      test_acc=results["test_acc"]), os.path.join(run_dir, "model.pt"))
     write_json(os.path.join(run_dir, "results.json"), results)
     return results
+
+
+def git_commit() -> str:
+    """The commit this code runs on ("-dirty" when files differ from it), or "unknown"."""
+    import subprocess
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=here, capture_output=True, text=True,  # noqa: E731
+                                        timeout=10, check=True).stdout.strip()
+        return run("rev-parse", "HEAD") + ("-dirty" if run("status", "--porcelain", "-uno") else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def device_name(device: torch.device) -> str:
