@@ -79,6 +79,12 @@ for _suffix, (_aug, _what) in _ablation.items():
     SETUP[_name] = _what
 SETUP[_cpu_teacher.name] = "teacher"
 
+# The controlled study ("What holds up"): the custom student, patch 4, on all 45,000 training
+# images, 12 epochs per student, one custom-size teacher trained for 30 epochs.
+STUDY_TEACHER = teacher_lib.teacher_config(4, base=dataclasses.replace(BASE, teacher_model="custom",
+                                                                       teacher_epochs=30))
+EXPERIMENTS[STUDY_TEACHER.name], SETUP[STUDY_TEACHER.name] = STUDY_TEACHER, "teacher"
+
 # Beyond the paper: the full method (KD+CL+Sal) with one thing changed.
 BEYOND = {
     "fullres": ("teacher sees 32 px", dict(teacher_res="full")),
