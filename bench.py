@@ -24,7 +24,7 @@ What it measures, all in one run on one device:
   * FLOP/s achieved and its fraction of a matmul peak measured in the same run
     (float32 torch.mm on CPU; bfloat16 torch.mm on CUDA, where training runs in bf16).
 
-On Linux/glibc the run first calls irkd.keep_freed_memory() (--malloc=keep, the default; see
+On Linux/glibc the run first calls runs.keep_freed_memory() (--malloc=keep, the default; see
 its docstring): without it, page faults cost a KD+Sal step of the small student 25-30 %
 on this VM. --malloc=system measures glibc's defaults.
 
@@ -77,7 +77,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+import data as data_lib
 import irkd
+import runs
 
 MODES = ("CE", "KD", "KD+Sal")
 TEACHER_PRESET = "small"                 # the paper's teacher: ViT-Small, same patch as the student
@@ -277,14 +279,15 @@ class Cell:
         self.sums = None
 
 
-def pipeline_step(cell: Cell, data: dict, batch, res: int, teacher_res: str, autocast: dict) -> None:
-    """One training step exactly as train() runs it: irkd.train_step, plus the epoch sums."""
+def pipeline_step(cell: Cell, data: dict, batch, res: int, teacher_res: str) -> None:
+    """One training step exactly as train()'s inner loop runs it: the views, irkd.train_step, the sums."""
     idx, offsets, flips = batch
+    xs, xt = data_lib.make_views(data["x"][idx], offsets, flips, res, "resize",
+                                 full_view=cell.mode != "CE" and teacher_res == "full")
     if cell.cuda_graphs:
         torch.compiler.cudagraph_mark_step_begin()   # a new step: the last step's graph outputs are done
-    cell.sums += irkd.train_step(cell.model, cell.loss_fn, cell.opt, data["x"][idx], data["y"][idx], offsets,
-                                 flips, res=res, lr=data["lr"], full_view=cell.mode != "CE" and teacher_res == "full",
-                                 need_attn=cell.need_attn, autocast=autocast)
+    cell.sums += irkd.train_step(cell.model, cell.loss_fn, cell.opt, xs, data["y"][idx], labels=data["y"][idx],
+                                 teacher_input=xs if xt is None else xt, lr=data["lr"])
 
 
 def bare_student_step(cell: Cell, x: torch.Tensor, y: torch.Tensor, autocast: dict) -> None:
@@ -325,7 +328,7 @@ def teacher_forward(teacher, x: torch.Tensor, attn: bool, autocast: dict) -> Non
         teacher(x, return_attn=attn)
 
 
-def batches(sampler: irkd.EpochSampler):
+def batches(sampler: data_lib.EpochSampler):
     """EpochSampler's batches, epoch after epoch."""
     while True:
         yield from sampler.epoch(crop=32)
@@ -397,13 +400,13 @@ def parse_args(argv: list[str]) -> dict:
 
 
 def maybe_compile(model, opts, device):
-    """--compile: irkd.compile_model, as train() does with compile=True."""
-    return irkd.compile_model(model, device) if opts["compile"] else model
+    """--compile: runs.compile_model, as train() does with compile=True."""
+    return runs.compile_model(model, device) if opts["compile"] else model
 
 
 def run(opts: dict) -> dict:
-    malloc_tuned = opts["malloc"] == "keep" and irkd.keep_freed_memory()
-    device = irkd.pick_device(opts["device"])
+    malloc_tuned = opts["malloc"] == "keep" and runs.keep_freed_memory()
+    device = runs.pick_device(opts["device"])
     torch.manual_seed(opts["seed"])
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -414,7 +417,7 @@ def run(opts: dict) -> dict:
     all_res = sorted({r for res, _ in opts["plan"].values() for r in res})
     warmup = opts["warmup"]
 
-    print(f"IRKD bench on {irkd.device_name(device)}, torch {torch.__version__}, batch {B}, patch {patch}, "
+    print(f"IRKD bench on {runs.device_name(device)}, torch {torch.__version__}, batch {B}, patch {patch}, "
           f"{'bf16 autocast' if autocast['enabled'] else 'float32'}{', torch.compile' if opts['compile'] else ''}",
           flush=True)
     peak_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -428,7 +431,7 @@ def run(opts: dict) -> dict:
     g = torch.Generator().manual_seed(opts["seed"])
     data = dict(x=torch.randint(0, 256, (NUM_IMAGES, 3, 32, 32), generator=g, dtype=torch.uint8).to(device),
                 y=torch.randint(0, 10, (NUM_IMAGES,), generator=g).to(device), lr=cfg.lr)
-    sampler = irkd.EpochSampler(NUM_IMAGES, B, opts["seed"], device)
+    sampler = data_lib.EpochSampler(NUM_IMAGES, B, opts["seed"], device)
     stream = batches(sampler)
     kd_modes = [m for m in opts["modes"] if m != "CE"]
     teacher = None
@@ -437,7 +440,7 @@ def run(opts: dict) -> dict:
         teacher = maybe_compile(teacher, opts, device)
     t_res = (lambda r: 32) if teacher_res == "full" else (lambda r: r)   # the teacher's input size
     # Ready-made inputs for the bare pieces (student and teacher), at every size they see.
-    fixed = {r: irkd.resize(irkd.normalize(data["x"][:B]), r) for r in set(all_res) | {t_res(r) for r in all_res}}
+    fixed = {r: data_lib.resize(data_lib.normalize(data["x"][:B]), r) for r in set(all_res) | {t_res(r) for r in all_res}}
 
     # The teacher's forward, fused (KD) and explicit (KD+Sal), at every resolution it will see.
     teacher_s = {}
@@ -486,11 +489,11 @@ def run(opts: dict) -> dict:
             warm = warmup
             if warmup and r == order[0]:
                 biggest = cells[max(cells, key=MODES.index)]
-                settled[preset] = settle(lambda: pipeline_step(biggest, data, next(stream), r, teacher_res, autocast),
+                settled[preset] = settle(lambda: pipeline_step(biggest, data, next(stream), r, teacher_res),
                                          device)
             for i in range(warm + steps):   # rounds interleave the modes and the bare pieces
                 for mode, cell in cells.items():
-                    t = timer(lambda: pipeline_step(cell, data, next(stream), r, teacher_res, autocast),
+                    t = timer(lambda: pipeline_step(cell, data, next(stream), r, teacher_res),
                               retry=i >= warm)
                     if i >= warm:
                         full_t[mode].append(t)
@@ -502,7 +505,7 @@ def run(opts: dict) -> dict:
                 for mode, cell in cells.items():
                     batch = next(stream)                           # an epoch start copies to the device
                     sync_free.setdefault(preset, {})[mode] = host_sync_free(
-                        lambda: pipeline_step(cell, data, batch, r, teacher_res, autocast))
+                        lambda: pipeline_step(cell, data, batch, r, teacher_res))
             for mode in cells:
                 s = min(full_t[mode])
                 flops = step_flops(preset, mode, r, patch, t_res(r)) * B
@@ -571,7 +574,7 @@ def summarise(opts, device, peak, teacher_s, train, overhead) -> dict:
                                      met=abs(worst_cl[1]) <= TARGETS["curriculum_rel_err"])
     mfu_32 = {p: {m: by_mode[m]["32"]["mfu"] for m in by_mode if "32" in by_mode[m]} for p, by_mode in train.items()}
     return dict(
-        meta=dict(device=str(device), device_name=irkd.device_name(device), torch=torch.__version__,
+        meta=dict(device=str(device), device_name=runs.device_name(device), torch=torch.__version__,
                   python=platform.python_version(), threads=torch.get_num_threads(),
                   batch_size=opts["batch_size"], patch_size=patch, teacher=TEACHER_PRESET,
                   teacher_res=opts["teacher_res"], quick=opts["quick"], compile=opts["compile"],
@@ -672,7 +675,7 @@ def main(argv: list[str]) -> int:
     out = opts["out"]
     if os.path.dirname(out):
         os.makedirs(os.path.dirname(out), exist_ok=True)
-    irkd.write_json(out, rep)
+    runs.write_json(out, rep)
     print(f"\nwrote {out}")
     return 0
 

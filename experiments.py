@@ -20,7 +20,9 @@ import re
 import statistics
 import sys
 
+import data as data_lib
 import irkd
+import runs
 import teacher as teacher_lib
 
 BASE = irkd.Config()
@@ -116,47 +118,6 @@ def quick(cfg: irkd.Config) -> irkd.Config:
                                teacher_epochs=8, **sizes)
 
 
-def parse_overrides(argv: list[str]) -> dict:
-    """["--lr=1e-3", "--quick", "--teacher", "PATH"] -> {"lr": 0.001, ...}, type-checked
-    against irkd.Config; an unknown field or a bad value raises ValueError."""
-    fields = {f.name: f for f in dataclasses.fields(irkd.Config)}
-    out, args = {}, list(argv)
-    while args:
-        arg = args.pop(0)
-        if not arg.startswith("--"):
-            raise ValueError(f"unexpected argument {arg!r}; options look like --field=value")
-        key, eq, value = arg[2:].partition("=")
-        key = key.replace("-", "_")
-        if key not in fields:
-            raise ValueError(f"unknown field {key!r}; valid fields: {', '.join(fields)}")
-        default = fields[key].default
-        if not eq:
-            if isinstance(default, bool):
-                value = "true"
-            elif args:
-                value = args.pop(0)
-            else:
-                raise ValueError(f"--{key} needs a value")
-        out[key] = convert(key, value, default)
-    return out
-
-
-def convert(key: str, value: str, default):
-    kind = type(default)
-    try:
-        if kind is bool:
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return value.lower() in ("true", "1", "yes")
-        if kind is tuple:
-            return tuple(int(v) for v in value.split(","))
-        return kind(value)
-    except ValueError:
-        example = {bool: "true or false", tuple: "comma-separated integers, e.g. 12,16,20",
-                   int: "an integer", float: "a number", str: "a string"}[kind]
-        raise ValueError(f"--{key}={value!r}: expected {example}") from None
-
-
 def configs_for(name: str, overrides: dict) -> list[irkd.Config]:
     names = GROUPS.get(name, [name])
     is_quick = overrides.pop("quick", False)
@@ -223,15 +184,15 @@ def report(out: str = "runs") -> str:
     order = list(EXPERIMENTS)
     for key in sorted(groups, key=lambda k: (k.endswith("(quick)"), order.index(k.split(" ")[0])
                                              if k.split(" ")[0] in order else len(order), k)):
-        runs, base = groups[key], key.split(" ")[0]
+        rs, base = groups[key], key.split(" ")[0]
         cfg = EXPERIMENTS.get(base)
         paper = PAPER.get(base)
-        by_res = [mean_std([r["test_acc_by_res"][x] for r in runs if x in r["test_acc_by_res"]]) for x in res]
+        by_res = [mean_std([r["test_acc_by_res"][x] for r in rs if x in r["test_acc_by_res"]]) for x in res]
         lines.append("| " + " | ".join([
             key, SETUP.get(base, "?"), f"{cfg.model} p{cfg.patch_size}" if cfg else "?",
-            f"{paper:.2f}" if paper else "–", mean_std([r["test_acc"] for r in runs]), *by_res,
-            ",".join(str(r["seed"]) for r in runs), f"{runs[0]['train_images']} / {runs[0]['test_images']}",
-            f"{statistics.mean(r['wall_s'] for r in runs):.0f}", runs[0]["device"]]) + " |")
+            f"{paper:.2f}" if paper else "–", mean_std([r["test_acc"] for r in rs]), *by_res,
+            ",".join(str(r["seed"]) for r in rs), f"{rs[0]['train_images']} / {rs[0]['test_images']}",
+            f"{statistics.mean(r['wall_s'] for r in rs):.0f}", rs[0]["device"]]) + " |")
     return "\n".join(lines)
 
 
@@ -269,12 +230,12 @@ def main(argv: list[str]) -> int:
             print(f"error: {a!r}: expected comma-separated integers, e.g. --seeds=0,1,2", file=sys.stderr)
             return 2
     try:
-        cfgs = configs_for(name, parse_overrides(rest))
+        cfgs = configs_for(name, runs.parse_overrides(rest, irkd.Config))
         if seeds is not None:  # repeats: NAME-seedN for each seed; teachers are trained once
             cfgs = [c if c.name.startswith("teacher_") else dataclasses.replace(c, name=f"{c.name}-seed{s}", seed=s)
                     for c in cfgs for s in (seeds if not c.name.startswith("teacher_") else [c.seed])]
-        data = irkd.load_cifar10(cfgs[0].data)
-    except (ValueError, irkd.DataError) as e:
+        data = data_lib.load_cifar10(cfgs[0].data)
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -284,22 +245,7 @@ def main(argv: list[str]) -> int:
                 teacher_lib.train_teacher(cfg, data)
             else:
                 run(cfg, data)
-    return guarded(run_all)
-
-
-def guarded(fn) -> int:
-    """Run a training command; Ctrl-C and known failures become a message and an exit status."""
-    try:
-        fn()
-    except KeyboardInterrupt:
-        # Every finished epoch is already in checkpoint.pt; the same command continues from it.
-        print(f"\ninterrupted: the last finished epoch is saved. Resume with:\n"
-              f"  python {' '.join(sys.argv)}", file=sys.stderr)
-        return 130
-    except (ValueError, OSError, FloatingPointError, irkd.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return runs.guarded(run_all)
 
 
 if __name__ == "__main__":

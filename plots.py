@@ -41,6 +41,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 import experiments
+import data as data_lib
 import irkd
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -358,7 +359,7 @@ def plot_saliency(run_dir: str, out_path: str, n_images: int = 3) -> str:
     for j, stage in enumerate(stages):
         res = stage["res"]
         # What the student was fed: the training resize to `res` px, drawn blocky.
-        seen = irkd.resize(images[:n].float() / 255, res).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+        seen = data_lib.resize(images[:n].float() / 255, res).clamp(0, 1).permute(0, 2, 3, 1).numpy()
         x0 = left + j * (block_w + block_gap)
         for i in range(n):
             y = top + i * (cell + row_gap)

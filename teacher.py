@@ -8,7 +8,7 @@ The recipe follows the paper's (DESIGN.md §2): mixup (alpha 0.2) or cutmix
 (alpha 1.0) on alternate batches at random, label smoothing 0.01, AdamW with
 weight decay 2e-4, a warm-up + cosine schedule peaking at 4e-4, 135 epochs.
 In place of the original's AutoAugment, TrivialAugment (one random op per image,
-irkd.trivial_augment) and random erasing are there as switches (--randaug
+data_lib.trivial_augment) and random erasing are there as switches (--randaug
 --erasing=0.25), off by default: measured on the CPU protocol's teacher they cost
 2.9 points (README, "Teacher recipe"); on ViT-Small with all data they are untested.
 Students find their teacher through ensure_teacher(): the cached checkpoint for
@@ -23,7 +23,9 @@ import time
 
 import torch
 
+import data as data_lib
 import irkd
+import runs
 
 QUICK_PRESET = "custom"  # the quick teacher: the custom size at 32 px, a few epochs
 RECIPE = ("mixup", "randaug", "erasing")  # augmentation a cached teacher must match
@@ -67,7 +69,7 @@ def default_path(cfg: irkd.Config) -> str:
 
 def estimate_seconds(cfg: irkd.Config) -> float:
     """Time a few real training steps of this config on random data; scale to the whole run."""
-    device = irkd.pick_device(cfg.device)
+    device = runs.pick_device(cfg.device)
     model = irkd.build_model(cfg.model, patch_size=cfg.patch_size).to(device)
     opt = irkd.make_optimizer(model, cfg)
     x = torch.randn(cfg.batch_size, 3, 32, 32, device=device)
@@ -90,7 +92,7 @@ def estimate_seconds(cfg: irkd.Config) -> float:
 def train_teacher(cfg: irkd.Config, data: dict | None = None) -> dict:
     """Announce the teacher run with its expected duration (measured, not guessed), then train it."""
     print(f"training {cfg.name} ({cfg.model}, patch {cfg.patch_size}, {cfg.epochs} epochs): about "
-          f"{estimate_seconds(cfg) / 60:.0f} min expected on {irkd.device_name(irkd.pick_device(cfg.device))}",
+          f"{estimate_seconds(cfg) / 60:.0f} min expected on {runs.device_name(runs.pick_device(cfg.device))}",
           flush=True)
     return irkd.train(cfg, data=data)
 
@@ -122,15 +124,14 @@ def ensure_teacher(cfg: irkd.Config, data: dict | None = None):
         if recipe != want:
             raise ValueError(f"the cached teacher {path} was trained with {recipe}, but the teacher recipe is "
                              f"now {want}; move it away to train a new one, or pass --teacher={path} to use it")
-    info = dict(path=os.path.abspath(path), md5=irkd.md5sum(path), preset=args["preset"],
+    info = dict(path=os.path.abspath(path), md5=data_lib.md5sum(path), preset=args["preset"],
                 patch_size=args["patch_size"], test_acc=ckpt.get("test_acc"), **recipe)
     return model, info
 
 
 def main(argv: list[str]) -> int:
-    from experiments import guarded, parse_overrides  # the one CLI, shared with the experiments
     try:
-        overrides = parse_overrides(argv)
+        overrides = runs.parse_overrides(argv, irkd.Config)
         quick = overrides.pop("quick", False)
         out = overrides.pop("out", irkd.Config.out)
         base = irkd.Config(out=f"{out}/quick" if quick else out)  # where quick students look for it
@@ -143,7 +144,7 @@ def main(argv: list[str]) -> int:
     def go():
         r = train_teacher(cfg)
         print(f"{cfg.name}: test accuracy {r['test_acc']:.2f} % at 32 px -> {os.path.join(cfg.out, cfg.name)}")
-    return guarded(go)
+    return runs.guarded(go)
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -3,7 +3,8 @@
 """
 import os, sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import torch, time, irkd
+import torch, time
+import data as data_lib
 torch.set_num_threads(1)
 x = torch.randint(0, 256, (128, 3, 32, 32), dtype=torch.uint8)
 off = torch.randint(0, 9, (128, 2)); fl = torch.rand(128) < 0.5
@@ -12,7 +13,7 @@ def t(f, n=50):
     f(); t0 = time.perf_counter()
     for _ in range(n): f()
     return (time.perf_counter() - t0) / n * 1000
-base = t(lambda: irkd.make_views(x, off, fl, 32, "resize", False))
-ta = t(lambda: irkd.make_views(x, off, fl, 32, "resize", False, aug_gen=g))
-re_ = t(lambda: irkd.random_erase(irkd.make_views(x, off, fl, 32, "resize", False)[0], g, 0.25))
+base = t(lambda: data_lib.make_views(x, off, fl, 32, "resize", False))
+ta = t(lambda: data_lib.make_views(x, off, fl, 32, "resize", False, aug_gen=g))
+re_ = t(lambda: data_lib.random_erase(data_lib.make_views(x, off, fl, 32, "resize", False)[0], g, 0.25))
 print(f"views {base:.2f} ms, +TA {ta:.2f} ms, +RE {re_:.2f} ms per batch of 128 (1 thread)")

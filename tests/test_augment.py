@@ -6,11 +6,12 @@ import json
 import pytest
 import torch
 
+import data as data_lib
 import irkd
 import teacher
 from test_data import crop_flip_oracle
 
-OPS = {name: i for i, name in enumerate(irkd.AUG_OPS)}
+OPS = {name: i for i, name in enumerate(data_lib.AUG_OPS)}
 
 
 def quantized(*shape, seed=0):
@@ -22,14 +23,14 @@ def quantized(*shape, seed=0):
 def one(x, name, m):
     """apply_ops with the same op and magnitude for every image of x."""
     B = len(x)
-    return irkd.apply_ops(x, torch.full((B,), OPS[name]), torch.full((B,), float(m)))
+    return data_lib.apply_ops(x, torch.full((B,), OPS[name]), torch.full((B,), float(m)))
 
 
 # Oracle: magnitude 0 leaves the image unchanged (every op but autocontrast, which has no strength);
 # autocontrast stretches each image-channel to exactly [0, 1].
 def test_magnitude_zero_is_identity_and_autocontrast_stretches():
     x = quantized(3, 3, 8, 10)
-    for name in irkd.AUG_OPS:
+    for name in data_lib.AUG_OPS:
         if name != "autocontrast":
             torch.testing.assert_close(one(x, name, 0.0), x, atol=1e-6, rtol=0, msg=name)
     x = 0.2 + 0.5 * torch.rand(3, 3, 8, 10)
@@ -77,23 +78,23 @@ def test_geometric_op_oracles():
 # Oracle: the batched call equals apply_ops on each image alone (each image gets its own op);
 # values stay in [0, 1] and the shape is kept.
 def test_each_image_gets_its_own_op():
-    n = len(irkd.AUG_OPS)
+    n = len(data_lib.AUG_OPS)
     x = quantized(n, 3, 8, 8, seed=1)
     op = torch.arange(n)
     mag = torch.tensor([(0.4 + 0.04 * i) * (-1) ** i for i in range(n)])   # no zero, both signs
-    y = irkd.apply_ops(x, op, mag)
+    y = data_lib.apply_ops(x, op, mag)
     assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
     for b in range(n):
-        torch.testing.assert_close(y[b:b + 1], irkd.apply_ops(x[b:b + 1], op[b:b + 1], mag[b:b + 1]),
+        torch.testing.assert_close(y[b:b + 1], data_lib.apply_ops(x[b:b + 1], op[b:b + 1], mag[b:b + 1]),
                                    atol=1e-6, rtol=0)
-    for b, name in enumerate(irkd.AUG_OPS[1:], 1):                    # every op but identity acts here
+    for b, name in enumerate(data_lib.AUG_OPS[1:], 1):                    # every op but identity acts here
         assert name == "autocontrast" or not torch.allclose(y[b], x[b], atol=1e-3), name
 
 
 # Oracle: same generator seed -> same output; another seed -> another output.
 def test_trivial_augment_seeded():
     x = quantized(8, 3, 8, 8)
-    run = lambda seed: irkd.trivial_augment(x, torch.Generator().manual_seed(seed))  # noqa: E731
+    run = lambda seed: data_lib.trivial_augment(x, torch.Generator().manual_seed(seed))  # noqa: E731
     a, b, c = run(0), run(0), run(1)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1
@@ -104,15 +105,15 @@ def test_trivial_augment_seeded():
 def test_make_views_with_aug_gen_and_float_normalize():
     torch.manual_seed(0)
     x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    torch.testing.assert_close(irkd.normalize(x.float() / 255), irkd.normalize(x), atol=1e-6, rtol=0)
+    torch.testing.assert_close(data_lib.normalize(x.float() / 255), data_lib.normalize(x), atol=1e-6, rtol=0)
     offsets, flips = torch.randint(0, 9, (4, 2)), torch.tensor([True, False, True, False])
-    xs, xt = irkd.make_views(x, offsets, flips, 16, "resize", full_view=True,
+    xs, xt = data_lib.make_views(x, offsets, flips, 16, "resize", full_view=True,
                              aug_gen=torch.Generator().manual_seed(5))
     crop = crop_flip_oracle(x, offsets, flips, 32).float() / 255
-    want = irkd.normalize(irkd.trivial_augment(crop, torch.Generator().manual_seed(5)))
+    want = data_lib.normalize(data_lib.trivial_augment(crop, torch.Generator().manual_seed(5)))
     torch.testing.assert_close(xt, want, atol=1e-6, rtol=0)
-    torch.testing.assert_close(xs, irkd.resize(want, 16), atol=1e-6, rtol=0)
-    assert not torch.allclose(xt, irkd.normalize(crop), atol=1e-3)
+    torch.testing.assert_close(xs, data_lib.resize(want, 16), atol=1e-6, rtol=0)
+    assert not torch.allclose(xt, data_lib.normalize(crop), atol=1e-3)
 
 
 # Oracle: p=0 is the identity; p=1 zeroes exactly one full axis-aligned rectangle per image
@@ -120,9 +121,9 @@ def test_make_views_with_aug_gen_and_float_normalize():
 def test_random_erase():
     H, W = 16, 20
     x = torch.rand(6, 3, H, W) + 1                                    # no zeros to begin with
-    assert torch.equal(irkd.random_erase(x, torch.Generator().manual_seed(0), 0.0), x)
+    assert torch.equal(data_lib.random_erase(x, torch.Generator().manual_seed(0), 0.0), x)
     for seed in range(5):
-        y = irkd.random_erase(x, torch.Generator().manual_seed(seed), 1.0)
+        y = data_lib.random_erase(x, torch.Generator().manual_seed(seed), 1.0)
         zero = y == 0
         assert torch.equal(zero, zero[:, :1].expand_as(zero))        # the same rectangle in every channel
         assert torch.equal(y[~zero], x[~zero])
@@ -158,23 +159,22 @@ def test_teacher_config_recipe():
         c.check()
 
 
-# Oracle: train_step feeds the student make_views(aug_gen) then random_erase, drawn from one
-# generator in that order; with randaug=False and erasing=0 the plain view.
-def test_train_step_applies_randaug_and_erasing():
+# Oracle: the loop feeds the student make_views(aug_gen) then random_erase, drawn from one
+# generator in that order (recipe_extras); with erasing=0 and no mixing, the view unchanged.
+def test_recipe_extras_erases_after_the_views_from_one_generator():
     torch.manual_seed(0)
     x, y = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8), torch.arange(4)
     offsets, flips = torch.randint(0, 9, (4, 2)), torch.tensor([True, False, True, False])
-    model, seen = irkd.build_model("custom", patch_size=4), []
-    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
-    opt = irkd.make_optimizer(model, irkd.Config())
-    for randaug, erasing in ((True, 0.5), (False, 0.0)):
-        irkd.train_step(model, irkd.IRKDLoss(), opt, x, y, offsets, flips, res=32, lr=1e-4,
-                        aug_gen=torch.Generator().manual_seed(3), randaug=randaug, erasing=erasing)
     g = torch.Generator().manual_seed(3)
-    want = irkd.random_erase(irkd.make_views(x, offsets, flips, 32, "resize", False, aug_gen=g)[0], g, 0.5)
-    torch.testing.assert_close(seen[0], want, atol=1e-6, rtol=0)
-    torch.testing.assert_close(seen[1], irkd.make_views(x, offsets, flips, 32, "resize", False)[0],
-                               atol=1e-6, rtol=0)
+    xs, _ = data_lib.make_views(x, offsets, flips, 32, "resize", False, aug_gen=g)
+    got, target = data_lib.recipe_extras(xs, y, aug_gen=g, erasing=0.5)
+    g = torch.Generator().manual_seed(3)
+    want = data_lib.random_erase(data_lib.make_views(x, offsets, flips, 32, "resize", False, aug_gen=g)[0], g, 0.5)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    assert torch.equal(target, y)
+    plain = data_lib.make_views(x, offsets, flips, 32, "resize", False)[0]
+    same, _ = data_lib.recipe_extras(plain, y, aug_gen=g, erasing=0.0)
+    assert same is plain
 
 
 def recipe_cfg(tmp_path, **kw):

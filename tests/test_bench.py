@@ -6,6 +6,7 @@ import sys
 import pytest
 
 import bench
+import data as data_lib
 import irkd
 
 
@@ -89,7 +90,7 @@ def test_curriculum_ratio_from_step_times():
 
 def test_keep_freed_memory_runs_in_a_fresh_process():
     # process-wide and irreversible, so not in the test process itself
-    code = "import irkd, platform; ok = irkd.keep_freed_memory(); print(ok, platform.libc_ver()[0])"
+    code = "import runs, platform; ok = runs.keep_freed_memory(); print(ok, platform.libc_ver()[0])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          cwd=bench.os.path.dirname(bench.os.path.abspath(bench.__file__)))
     assert out.returncode == 0, out.stderr
@@ -110,7 +111,7 @@ def test_pipeline_step_never_reads_a_tensor_on_the_host(monkeypatch, mode):
     cell = bench.Cell(student, loss_fn, torch.optim.SGD(student.parameters(), lr=0.1), mode)
     cell.sums = torch.zeros(5)
     data = dict(x=torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8), y=torch.randint(0, 10, (16,)), lr=0.1)
-    batch = next(irkd.EpochSampler(16, 8, seed=0, device=torch.device("cpu")).epoch())
+    batch = next(data_lib.EpochSampler(16, 8, seed=0, device=torch.device("cpu")).epoch())
 
     def host_read(*args, **kwargs):
         raise AssertionError("a tensor was read on the host inside the training step")
@@ -118,6 +119,6 @@ def test_pipeline_step_never_reads_a_tensor_on_the_host(monkeypatch, mode):
     for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__"):
         monkeypatch.setattr(torch.Tensor, name, host_read)
     for res in (12, 32):
-        bench.pipeline_step(cell, data, batch, res, "same", dict(device_type="cpu", enabled=False))
+        bench.pipeline_step(cell, data, batch, res, "same")
     monkeypatch.undo()
     assert torch.isfinite(cell.sums).all()

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import experiments
+import data as data_lib
 import irkd
+import runs
 import teacher as teacher_lib
 
 
@@ -17,8 +19,8 @@ def no_data_no_training(monkeypatch):
     """A CLI test that got past argument checking must not download or train."""
     def refuse(*a, **kw):
         raise AssertionError("this test should have stopped before loading data or training")
-    monkeypatch.setattr(irkd, "download_cifar10", refuse)
-    monkeypatch.setattr(irkd, "load_cifar10", refuse)
+    monkeypatch.setattr(data_lib, "download_cifar10", refuse)
+    monkeypatch.setattr(data_lib, "load_cifar10", refuse)
     monkeypatch.setattr(irkd, "train", refuse)
     monkeypatch.setattr(teacher_lib, "estimate_seconds", refuse)
 
@@ -87,21 +89,21 @@ def test_non_divisible_resolution_rejected(capsys):
     err = capsys.readouterr().err
     assert "18" in err and "patch_size=4" in err
     # patch 2 takes 18
-    (cfg,) = experiments.configs_for("saliency_p2", experiments.parse_overrides(["--resolutions=12,18"]))
+    (cfg,) = experiments.configs_for("saliency_p2", runs.parse_overrides(["--resolutions=12,18"], irkd.Config))
     assert cfg.resolutions == (12, 18)
 
 
 def test_parse_overrides_types():
-    got = experiments.parse_overrides(["--kd=false", "--cl", "--epochs=12", "--lr=1e-3",
+    got = runs.parse_overrides(["--kd=false", "--cl", "--epochs=12", "--lr=1e-3",
                                        "--resolutions=12,16", "--teacher", "runs/t/model.pt",
-                                       "--batch-size=64", "--sal=YES", "--alpha=0"])
+                                       "--batch-size=64", "--sal=YES", "--alpha=0"], irkd.Config)
     assert got == dict(kd=False, cl=True, epochs=12, lr=1e-3, resolutions=(12, 16),
                        teacher="runs/t/model.pt", batch_size=64, sal=True, alpha=0.0)
     assert type(got["epochs"]) is int and type(got["lr"]) is float and type(got["alpha"]) is float
-    assert experiments.parse_overrides([]) == {}
+    assert runs.parse_overrides([], irkd.Config) == {}
     for bad in (["lr=1"], ["--epochs"], ["--epochs=1.5"], ["--quick=perhaps"]):
         with pytest.raises(ValueError):
-            experiments.parse_overrides(bad)
+            runs.parse_overrides(bad, irkd.Config)
 
 
 def test_configs_for_applies_overrides_and_quick():
@@ -158,7 +160,7 @@ def test_ensure_teacher_loads_the_right_one(tmp_path):
     saved = save_checkpoint(path, "custom", 4)
     model, info = teacher_lib.ensure_teacher(cfg)
     assert info["preset"] == "custom" and info["patch_size"] == 4 and info["test_acc"] == 12.5
-    assert info["md5"] == irkd.md5sum(path)
+    assert info["md5"] == data_lib.md5sum(path)
     for k, v in saved.state_dict().items():
         assert torch.equal(model.state_dict()[k], v)
 
@@ -218,7 +220,7 @@ def test_quick_teacher_is_where_quick_students_look(monkeypatch, capsys, extra):
     monkeypatch.setattr(teacher_lib, "estimate_seconds", lambda cfg: 0.0)
     assert teacher_lib.main(["--quick"] + extra) == 0
     t = seen["cfg"]
-    (student,) = experiments.configs_for("exp1a", experiments.parse_overrides(["--quick"] + extra))
+    (student,) = experiments.configs_for("exp1a", runs.parse_overrides(["--quick"] + extra, irkd.Config))
     assert os.path.join(t.out, t.name, "model.pt") == teacher_lib.default_path(student)
 
 

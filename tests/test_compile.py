@@ -8,20 +8,21 @@ import pytest
 import torch
 
 import irkd
+import runs
 from test_model import tiny_vit
 from test_training import small_cfg
 
 
 @pytest.fixture
 def aot_eager(monkeypatch):
-    real = irkd.compile_model
+    real = runs.compile_model
     compiled = []
 
     def compile_model(model, device, backend="inductor"):
         compiled.append(model)
         return real(model, device, backend="aot_eager")
 
-    monkeypatch.setattr(irkd, "compile_model", compile_model)
+    monkeypatch.setattr(runs, "compile_model", compile_model)
     torch._dynamo.reset()
     yield compiled
     torch._dynamo.reset()

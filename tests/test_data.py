@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import data as data_lib
 import irkd
 from conftest import CIFAR_DIR, write_cifar
 
@@ -18,7 +19,7 @@ from conftest import CIFAR_DIR, write_cifar
 
 def test_load_cifar10_shapes_and_values(cifar_root):
     root, arrays = cifar_root
-    d = irkd.load_cifar10(root, download=False)
+    d = data_lib.load_cifar10(root, download=False)
     assert set(d) == {"train_x", "train_y", "test_x", "test_y"}
     assert d["train_x"].shape == (200, 3, 32, 32) and d["train_x"].dtype == torch.uint8
     assert d["test_x"].shape == (40, 3, 32, 32) and d["test_x"].dtype == torch.uint8
@@ -38,7 +39,7 @@ def test_rows_are_channel_major(tmp_path):
     row[1024 + 32] = 201    # green, row 1, column 0
     with open(tmp_path / CIFAR_DIR / "test_batch", "wb") as f:
         pickle.dump({"data": np.stack([row, row]), "labels": [3, 4]}, f)
-    d = irkd.load_cifar10(str(tmp_path), download=False)
+    d = data_lib.load_cifar10(str(tmp_path), download=False)
     img = d["test_x"][0]
     assert img[0, 0, 1] == 200 and img[1, 1, 0] == 201
     assert img[0, 5, 5] == 10 and img[1, 5, 5] == 20 and img[2, 5, 5] == 30
@@ -47,27 +48,27 @@ def test_rows_are_channel_major(tmp_path):
 
 def test_split_train_val_deterministic(cifar_root):
     root, _ = cifar_root
-    d = irkd.load_cifar10(root, download=False)
+    d = data_lib.load_cifar10(root, download=False)
     x, y = d["train_x"], d["train_y"]
-    tx, ty, vx, vy = irkd.split_train_val(x, y, val_size=20, seed=42)
+    tx, ty, vx, vy = data_lib.split_train_val(x, y, val_size=20, seed=42)
     assert tx.shape == (180, 3, 32, 32) and vx.shape == (20, 3, 32, 32)
-    tx2, ty2, vx2, vy2 = irkd.split_train_val(x, y, val_size=20, seed=42)
+    tx2, ty2, vx2, vy2 = data_lib.split_train_val(x, y, val_size=20, seed=42)
     assert torch.equal(tx, tx2) and torch.equal(vx, vx2) and torch.equal(ty, ty2) and torch.equal(vy, vy2)
     # recover indices through a tagged tensor: disjoint, complete, seed-dependent
     idx = torch.arange(200)
-    ti, _, vi, _ = irkd.split_train_val(idx, idx, val_size=20, seed=42)
+    ti, _, vi, _ = data_lib.split_train_val(idx, idx, val_size=20, seed=42)
     assert set(ti.tolist()).isdisjoint(vi.tolist())
     assert sorted(ti.tolist() + vi.tolist()) == list(range(200))
     assert torch.equal(torch.cat([tx, vx]), x[torch.cat([ti, vi])])
-    ti3, _, vi3, _ = irkd.split_train_val(idx, idx, val_size=20, seed=43)
+    ti3, _, vi3, _ = data_lib.split_train_val(idx, idx, val_size=20, seed=43)
     assert set(vi3.tolist()) != set(vi.tolist())
     assert vi.tolist() != list(range(20))               # shuffled, not the first 20
 
 
 def test_missing_data_raises_with_directory(tmp_path):
     root = str(tmp_path / "nowhere")
-    with pytest.raises(irkd.DataError) as e:
-        irkd.load_cifar10(root, download=False)
+    with pytest.raises(data_lib.DataError) as e:
+        data_lib.load_cifar10(root, download=False)
     assert os.path.join(root, CIFAR_DIR) in str(e.value)
     assert not os.path.exists(root)                     # download=False writes nothing
 
@@ -75,8 +76,8 @@ def test_missing_data_raises_with_directory(tmp_path):
 def test_partial_data_names_missing_files(cifar_root):
     root, _ = cifar_root
     os.remove(os.path.join(root, CIFAR_DIR, "data_batch_4"))
-    with pytest.raises(irkd.DataError, match="data_batch_4"):
-        irkd.load_cifar10(root, download=False)
+    with pytest.raises(data_lib.DataError, match="data_batch_4"):
+        data_lib.load_cifar10(root, download=False)
 
 
 def test_truncated_batch_raises(cifar_root):
@@ -85,8 +86,8 @@ def test_truncated_batch_raises(cifar_root):
     blob = open(path, "rb").read()
     with open(path, "wb") as f:
         f.write(blob[: len(blob) // 2])
-    with pytest.raises(irkd.DataError) as e:
-        irkd.load_cifar10(root, download=False)
+    with pytest.raises(data_lib.DataError) as e:
+        data_lib.load_cifar10(root, download=False)
     assert "data_batch_3" in str(e.value)
 
 
@@ -100,8 +101,8 @@ def test_malformed_batch_raises(cifar_root, bad):
     root, _ = cifar_root
     with open(os.path.join(root, CIFAR_DIR, "test_batch"), "wb") as f:
         pickle.dump(bad, f)
-    with pytest.raises(irkd.DataError, match="test_batch"):
-        irkd.load_cifar10(root, download=False)
+    with pytest.raises(data_lib.DataError, match="test_batch"):
+        data_lib.load_cifar10(root, download=False)
 
 
 # ----------------------------------------------------------------------------- download
@@ -126,7 +127,7 @@ def make_archive(tmp_path, extra_evil=True):
             link.type = tarfile.SYMTYPE
             link.linkname = "/etc/passwd"
             tar.addfile(link)
-    return path.as_uri(), irkd.md5sum(str(path))
+    return path.as_uri(), data_lib.md5sum(str(path))
 
 
 def leftovers(root):
@@ -136,8 +137,8 @@ def leftovers(root):
 def test_download_wrong_md5(tmp_path, capsys):
     url, _ = make_archive(tmp_path)
     root = tmp_path / "data"
-    with pytest.raises(irkd.DataError, match="md5"):
-        irkd.download_cifar10(str(root), url=url, md5="0" * 32)
+    with pytest.raises(data_lib.DataError, match="md5"):
+        data_lib.download_cifar10(str(root), url=url, md5="0" * 32)
     assert not (root / CIFAR_DIR).exists()
     assert leftovers(root) == []
 
@@ -148,7 +149,7 @@ def test_download_extracts_only_expected_members(tmp_path, capsys):
     root.mkdir(parents=True)
     (root / CIFAR_DIR).mkdir()
     (root / CIFAR_DIR / "stale_partial").write_text("old")      # an earlier partial copy
-    irkd.download_cifar10(str(root), url=url, md5=md5)
+    data_lib.download_cifar10(str(root), url=url, md5=md5)
     got = sorted(os.listdir(root / CIFAR_DIR))
     assert got == sorted([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"])
     assert not (root / CIFAR_DIR / "readme.html").is_symlink()
@@ -156,14 +157,14 @@ def test_download_extracts_only_expected_members(tmp_path, capsys):
     assert not (tmp_path / "evil-abs.txt").exists()
     assert leftovers(root) == []
     assert sorted(os.listdir(root)) == [CIFAR_DIR]
-    d = irkd.load_cifar10(str(root), download=False)
+    d = data_lib.load_cifar10(str(root), download=False)
     assert d["train_x"].shape == (20, 3, 32, 32) and d["test_x"].shape == (4, 3, 32, 32)
 
 
 def test_download_unreachable_url(tmp_path, capsys):
     root = tmp_path / "data"
-    with pytest.raises(irkd.DataError) as e:
-        irkd.download_cifar10(str(root), url=(tmp_path / "missing.tar.gz").as_uri(), md5="0" * 32)
+    with pytest.raises(data_lib.DataError) as e:
+        data_lib.download_cifar10(str(root), url=(tmp_path / "missing.tar.gz").as_uri(), md5="0" * 32)
     assert os.path.join(str(root), CIFAR_DIR) in str(e.value)  # says where to put the files
     assert leftovers(root) == []
 
@@ -172,26 +173,26 @@ def test_corrupt_archive_with_right_md5(tmp_path, capsys):
     path = tmp_path / "bad.tar.gz"
     path.write_bytes(b"this is not a gzip file")
     root = tmp_path / "data"
-    with pytest.raises(irkd.DataError, match="unpacked"):
-        irkd.download_cifar10(str(root), url=path.as_uri(), md5=irkd.md5sum(str(path)))
+    with pytest.raises(data_lib.DataError, match="unpacked"):
+        data_lib.download_cifar10(str(root), url=path.as_uri(), md5=data_lib.md5sum(str(path)))
     assert leftovers(root) == []
 
 
 def test_load_cifar10_downloads_when_missing(tmp_path, monkeypatch, capsys):
     url, md5 = make_archive(tmp_path, extra_evil=False)
-    real = irkd.download_cifar10
+    real = data_lib.download_cifar10
     calls = []
 
     def fake_download(root, url_=None, md5_=None):
         calls.append(root)
         real(root, url=url, md5=md5)
 
-    monkeypatch.setattr(irkd, "download_cifar10", fake_download)
+    monkeypatch.setattr(data_lib, "download_cifar10", fake_download)
     root = str(tmp_path / "fresh")
-    d = irkd.load_cifar10(root)
+    d = data_lib.load_cifar10(root)
     assert calls == [root]
     assert d["train_x"].shape == (20, 3, 32, 32)
-    irkd.load_cifar10(root)
+    data_lib.load_cifar10(root)
     assert calls == [root]                               # present now: no second download
 
 
@@ -214,12 +215,12 @@ def test_random_crop_flip_fixed_offsets(dtype):
     center = torch.tensor([[4, 4], [4, 4]])
     no = torch.tensor([False, False])
     yes = torch.tensor([True, True])
-    assert torch.equal(irkd.random_crop_flip(x, center, no), x)
-    assert torch.equal(irkd.random_crop_flip(x, center, yes), x.flip(-1))
-    corner = irkd.random_crop_flip(x, torch.zeros(2, 2, dtype=torch.long), no)
+    assert torch.equal(data_lib.random_crop_flip(x, center, no), x)
+    assert torch.equal(data_lib.random_crop_flip(x, center, yes), x.flip(-1))
+    corner = data_lib.random_crop_flip(x, torch.zeros(2, 2, dtype=torch.long), no)
     assert (corner[:, :, :4, :] == 0).all() and (corner[:, :, :, :4] == 0).all()
     assert torch.equal(corner[:, :, 4:, 4:], x[:, :, :28, :28])
-    far = irkd.random_crop_flip(x, torch.full((2, 2), 8), no)
+    far = data_lib.random_crop_flip(x, torch.full((2, 2), 8), no)
     assert (far[:, :, 28:, :] == 0).all() and torch.equal(far[:, :, :28, :28], x[:, :, 4:, 4:])
 
 
@@ -229,7 +230,7 @@ def test_random_crop_flip_matches_loop_oracle():
     for size in (32, 16, 12):
         offsets = torch.randint(0, 40 - size + 1, (6, 2))
         flips = torch.tensor([True, False, True, True, False, False])
-        got = irkd.random_crop_flip(x, offsets, flips, size=size)
+        got = data_lib.random_crop_flip(x, offsets, flips, size=size)
         assert got.shape == (6, 3, size, size)
         assert torch.equal(got, crop_flip_oracle(x, offsets, flips, size))
 
@@ -237,25 +238,25 @@ def test_random_crop_flip_matches_loop_oracle():
 def test_resize():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 32, 32)
-    assert irkd.resize(x, 32) is x
+    assert data_lib.resize(x, 32) is x
     for res in (12, 16, 20, 24, 28):
-        y = irkd.resize(x, res)
+        y = data_lib.resize(x, res)
         assert y.shape == (2, 3, res, res) and y.dtype == torch.float32
     const = torch.full((1, 3, 32, 32), 0.7)
-    torch.testing.assert_close(irkd.resize(const, 12), torch.full((1, 3, 12, 12), 0.7), atol=1e-6, rtol=0)
+    torch.testing.assert_close(data_lib.resize(const, 12), torch.full((1, 3, 12, 12), 0.7), atol=1e-6, rtol=0)
     # antialiased: a one-pixel checkerboard averages out instead of aliasing
     checker = ((torch.arange(32)[:, None] + torch.arange(32)[None]) % 2).float().expand(1, 3, 32, 32)
-    small = irkd.resize(checker, 16)
+    small = data_lib.resize(checker, 16)
     assert (small - 0.5).abs().max() < 0.15
 
 
 def test_normalize():
     x = torch.zeros(1, 3, 2, 2, dtype=torch.uint8)
     x[:, :, 1, 1] = 255
-    n = irkd.normalize(x)
+    n = data_lib.normalize(x)
     for c in range(3):
-        assert abs(n[0, c, 0, 0].item() - (-irkd.MEAN[c] / irkd.STD[c])) < 1e-5
-        assert abs(n[0, c, 1, 1].item() - (1 - irkd.MEAN[c]) / irkd.STD[c]) < 1e-5
+        assert abs(n[0, c, 0, 0].item() - (-data_lib.MEAN[c] / data_lib.STD[c])) < 1e-5
+        assert abs(n[0, c, 1, 1].item() - (1 - data_lib.MEAN[c]) / data_lib.STD[c]) < 1e-5
 
 
 def test_make_views():
@@ -263,26 +264,26 @@ def test_make_views():
     x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     offsets = torch.randint(0, 9, (4, 2))
     flips = torch.tensor([True, False, False, True])
-    full = irkd.normalize(crop_flip_oracle(x, offsets, flips, 32))
+    full = data_lib.normalize(crop_flip_oracle(x, offsets, flips, 32))
     for res in (12, 16, 32):
-        xs, xt = irkd.make_views(x, offsets, flips, res, "resize", full_view=True)
+        xs, xt = data_lib.make_views(x, offsets, flips, res, "resize", full_view=True)
         assert xs.shape == (4, 3, res, res) and xt.shape == (4, 3, 32, 32)
         torch.testing.assert_close(xt, full, atol=1e-6, rtol=0)
-        torch.testing.assert_close(irkd.resize(xt, res), xs, atol=1e-6, rtol=0)
-        xs2, none = irkd.make_views(x, offsets, flips, res, "resize", full_view=False)
+        torch.testing.assert_close(data_lib.resize(xt, res), xs, atol=1e-6, rtol=0)
+        xs2, none = data_lib.make_views(x, offsets, flips, res, "resize", full_view=False)
         assert none is None and torch.equal(xs, xs2)
-    xs, none = irkd.make_views(x, offsets.clamp(max=40 - 16), flips, 16, "crop", full_view=False)
+    xs, none = data_lib.make_views(x, offsets.clamp(max=40 - 16), flips, 16, "crop", full_view=False)
     assert none is None and xs.shape == (4, 3, 16, 16)
-    torch.testing.assert_close(xs, irkd.normalize(crop_flip_oracle(x, offsets.clamp(max=24), flips, 16)))
+    torch.testing.assert_close(xs, data_lib.normalize(crop_flip_oracle(x, offsets.clamp(max=24), flips, 16)))
     with pytest.raises(ValueError, match="resize"):
-        irkd.make_views(x, offsets, flips, 16, "crop", full_view=True)
+        data_lib.make_views(x, offsets, flips, 16, "crop", full_view=True)
     with pytest.raises(ValueError, match="resize_mode"):
-        irkd.make_views(x, offsets, flips, 16, "stretch", full_view=False)
+        data_lib.make_views(x, offsets, flips, 16, "stretch", full_view=False)
 
 
 def test_epoch_sampler():
-    s1 = irkd.EpochSampler(100, 32, seed=3, device=torch.device("cpu"))
-    s2 = irkd.EpochSampler(100, 32, seed=3, device=torch.device("cpu"))
+    s1 = data_lib.EpochSampler(100, 32, seed=3, device=torch.device("cpu"))
+    s2 = data_lib.EpochSampler(100, 32, seed=3, device=torch.device("cpu"))
     assert s1.steps_per_epoch() == 3
     e1, e2 = list(s1.epoch()), list(s2.epoch())
     assert len(e1) == 3
@@ -301,5 +302,5 @@ def test_empty_batch_raises_data_error(cifar_root):
     root, _ = cifar_root
     with open(os.path.join(root, CIFAR_DIR, "test_batch"), "wb") as f:
         pickle.dump({"data": np.zeros((0, 3072), np.uint8), "labels": []}, f)
-    with pytest.raises(irkd.DataError, match="test_batch"):
-        irkd.load_cifar10(root, download=False)
+    with pytest.raises(data_lib.DataError, match="test_batch"):
+        data_lib.load_cifar10(root, download=False)

@@ -9,7 +9,9 @@ import time
 import pytest
 import torch
 
+import data as data_lib
 import irkd
+import runs
 from conftest import ROOT, write_cifar
 
 
@@ -103,9 +105,9 @@ def test_resume_fills_fields_added_since_with_defaults(tmp_path, train_data, cap
     ckpt = torch.load(path, weights_only=False)
     del ckpt["config"]["erasing"]
     torch.save(ckpt, path)
-    assert irkd.resume_state(tiny_cfg(tmp_path, epochs=2), str(tmp_path / "r"), None) is not None
+    assert runs.resume_state(tiny_cfg(tmp_path, epochs=2), str(tmp_path / "r"), None) is not None
     with pytest.raises(ValueError, match="erasing differ"):
-        irkd.resume_state(tiny_cfg(tmp_path, epochs=2, erasing=0.5), str(tmp_path / "r"), None)
+        runs.resume_state(tiny_cfg(tmp_path, epochs=2, erasing=0.5), str(tmp_path / "r"), None)
 
 
 def test_unwritable_output_dir(tmp_path, train_data):
@@ -121,7 +123,7 @@ def test_ctrl_c_prints_the_resume_command(monkeypatch, capsys):
     def interrupted(cfg, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(irkd, "load_cifar10", lambda root: {})
+    monkeypatch.setattr(data_lib, "load_cifar10", lambda root: {})
     monkeypatch.setattr(irkd, "train", interrupted)
     monkeypatch.setattr(sys, "argv", ["experiments.py", "custom_p4_ce", "--epochs=6"])
     assert experiments.main(["custom_p4_ce", "--epochs=6"]) == 130

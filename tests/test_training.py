@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import data as data_lib
 import irkd
 from conftest import make_data, write_cifar
 from test_model import tiny_vit
@@ -202,7 +203,7 @@ def test_teacher_resolution(tmp_path, train_data, monkeypatch, capsys, teacher_r
         if teacher_res == "full":
             assert xt.shape[-2:] == (32, 32)
             # both views come from one augmented image: the student's is the teacher's, resized
-            torch.testing.assert_close(irkd.resize(xt, res), xs, atol=1e-5, rtol=0)
+            torch.testing.assert_close(data_lib.resize(xt, res), xs, atol=1e-5, rtol=0)
         else:
             assert torch.equal(xt, xs)
     student_res = sorted({s for s, _ in seen})

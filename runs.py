@@ -1,0 +1,412 @@
+"""A run's bookkeeping: the device, runs/NAME/ and its files, resume, progress, results, the CLI.
+
+    setup_device    validate the device name; TF32 on CUDA, the allocator on a CPU
+    compile_model   torch.compile for training (CUDA graphs on CUDA)
+    Run             runs/NAME/: config.json, log.jsonl, checkpoint.pt, saliency.pt,
+                    model.pt, results.json; bit-identical resume; the NaN watch; the bar
+    parse_overrides the --field=value command line shared by experiments.py and teacher.py
+    guarded         Ctrl-C and known failures -> a message and an exit status
+
+irkd.train() calls a Run to record what happens; the Run never calls back into the
+method. Imports nothing of the project.
+"""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import hashlib
+import json
+import os
+import pickle
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+from tqdm import tqdm
+
+# =============================================================================
+# The device
+# =============================================================================
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """"auto" -> CUDA, else MPS, else CPU; any other name is checked before any work starts."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device={name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={name!r} but this torch sees no CUDA GPU "
+                             f"(torch {torch.__version__}); use --device=auto or --device=cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device={name!r} but there are only {torch.cuda.device_count()} GPU(s)")
+    elif device.type == "mps" and not (getattr(torch.backends, "mps", None)
+                                       and torch.backends.mps.is_available()):
+        raise ValueError(f"device={name!r} but MPS is not available here; use --device=auto or --device=cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device={name!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def setup_device(name: str = "auto") -> torch.device:
+    """The training device, with its speed settings (they change no number on a CPU)."""
+    device = pick_device(name)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True   # TF32 for any float32 matmul left
+        torch.backends.cudnn.allow_tf32 = True
+    if device.type == "cpu":
+        keep_freed_memory()                            # no page-faulting of activations every step
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def keep_freed_memory() -> bool:
+    """glibc: serve every allocation from the heap and never hand freed memory back to the OS.
+
+    By default glibc maps each block above 32 MB (the ViT-Small teacher's MLP activations
+    at batch 128 are 51 MB) with its own mmap and trims the heap whenever a step frees its
+    activations, so every step faults its memory in again, page by page. In this VM that
+    costs 2.6-4.8 s of kernel time per KD+Sal step of the small student (a 9.8 s step
+    instead of 7.8 s). Two mallopt calls end it; the price is that the process keeps
+    its peak memory. Returns False where it does not apply (not glibc, or refused).
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4                   # from <malloc.h>; a threshold of -1: never trim
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, -1))
+
+
+def compile_model(model, device: torch.device, backend: str = "inductor"):
+    """torch.compile with one static graph per resolution and attention path.
+
+    On CUDA, mode "reduce-overhead" replays each step as a CUDA graph: the 9-token 12-px
+    stage is otherwise bound by kernel launches, not by arithmetic. Callers mark each new
+    step with torch.compiler.cudagraph_mark_step_begin() (Run.before_step does). On a CPU,
+    inductor's C++. The returned module shares its parameters with `model`: save and load
+    through `model`.
+    """
+    # 6 resolutions x (fused, explicit) x (train, eval) graphs: above dynamo's default limit of 8,
+    # past which it would silently fall back to eager.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    mode = "reduce-overhead" if device.type == "cuda" and backend == "inductor" else None
+    return torch.compile(model, backend=backend, mode=mode, dynamic=False)
+
+
+def maybe_compile(module, enabled: bool, device: torch.device):
+    """compile_model(module) when enabled (and there is a module), else the module itself."""
+    return compile_model(module, device) if enabled and module is not None else module
+
+
+def git_commit() -> str:
+    """The commit this code runs on ("-dirty" when tracked files differ from it), or "unknown"."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        def git(*args):
+            return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+        return git("rev-parse", "HEAD") + ("-dirty" if git("status", "--porcelain", "-uno") else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# =============================================================================
+# Files: atomic writes, the run directory, checkpoints
+# =============================================================================
+
+
+def write_json(path: str, obj) -> None:
+    """Write JSON atomically: a temporary file, then one rename; never a half-written file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def save_atomic(obj, path: str) -> None:
+    tmp = f"{path}.tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def make_run_dir(out: str, name: str) -> str:
+    run_dir = os.path.join(out, name)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir):
+            pass
+    except OSError as e:
+        raise OSError(f"cannot write to the output directory {run_dir} ({e.strerror}); "
+                      f"choose another with --out=DIR") from e
+    return run_dir
+
+
+def load_checkpoint(path: str) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ValueError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e}); delete it "
+                         f"to start the run over, or re-run with --resume=false") from e
+
+
+# Config fields that may change between a run and its resumption (where and how
+# fast it runs, not what it computes).
+RESUMABLE_CHANGES = {"device", "resume", "data", "compile"}
+
+
+def resume_state(cfg, run_dir: str, teacher_info: dict | None) -> dict | None:
+    """The last epoch-end checkpoint of this run, if it may be continued; None to start fresh."""
+    path = os.path.join(run_dir, "checkpoint.pt")
+    if not cfg.resume or not os.path.exists(path):
+        return None
+    ckpt = load_checkpoint(path)
+    old, new = ckpt["config"], dataclasses.asdict(cfg)
+    defaults = dataclasses.asdict(type(cfg)())  # a field added since the checkpoint was written had its default
+    changed = [k for k in new if k not in RESUMABLE_CHANGES and old.get(k, defaults[k]) != new[k]]
+    if changed:
+        raise ValueError(f"{run_dir} holds a run with a different config ({', '.join(changed)} differ); "
+                         f"re-run with --resume=false to start over, or choose another --name or --out")
+    old_md5 = (ckpt.get("teacher_info") or {}).get("md5")
+    if old_md5 != (teacher_info or {}).get("md5"):
+        raise ValueError(f"{run_dir} was trained with another teacher "
+                         f"({(ckpt.get('teacher_info') or {}).get('path')}); "
+                         f"re-run with --resume=false to start over with this one")
+    return ckpt
+
+
+# =============================================================================
+# One run
+# =============================================================================
+
+
+class Run:
+    """runs/NAME/ and everything a run records; it never calls back into the method.
+
+    Files: config.json; log.jsonl (one line per epoch); checkpoint.pt (every epoch,
+    atomically: weights, AdamW, every RNG, counters); saliency.pt (every stage end);
+    model.pt and results.json at the end. A run whose checkpoint.pt exists continues from
+    it, bit for bit: train() skips the finished epochs and restore() puts every generator
+    back where the last finished epoch left it.
+    """
+
+    def __init__(self, cfg, *, teacher_info: dict | None = None):
+        self.cfg, self.teacher_info = cfg, teacher_info
+        self.device = setup_device(cfg.device)
+        self.dir = make_run_dir(cfg.out, cfg.name)
+        self.ckpt = resume_state(cfg, self.dir, teacher_info)
+        self.commit = git_commit()
+        self.done, self.step, self.train_s, self.opt_state = 0, 0, 0.0, None
+        self.rows, self.snapshots, self.generators = [], [], {}
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    def start(self, model, generators: dict[str, torch.Generator], *, model_args: dict, epochs: int,
+              images_per_epoch: int, **config_extra) -> None:
+        """Write config.json; on resume, restore the weights and every RNG; open the log and the bar.
+
+        generators: {checkpoint key: generator}, saved at every epoch end; model_args:
+        what rebuilds the model (saved with every checkpoint).
+        """
+        cfg, ckpt = self.cfg, self.ckpt
+        self.generators, self.model_args = generators, model_args
+        write_json(self.path("config.json"), dict(dataclasses.asdict(cfg), **config_extra,
+                                                  teacher_info=self.teacher_info, commit=self.commit))
+        if ckpt is not None:  # continue exactly where the last completed epoch left off
+            model.load_state_dict(ckpt["model"])
+            for key, gen in generators.items():
+                state = ckpt.get(key)
+                if state is not None and len(state) == len(gen.get_state()):
+                    gen.set_state(state)
+                elif key != "aug_rng" or cfg.randaug or cfg.erasing:
+                    # CPU and CUDA generators differ in size: a device change starts a new stream
+                    print(f"note: resumed on {self.device.type}; the draws of {key} restart from the seed")
+            torch.set_rng_state(ckpt["torch_rng"])
+            if self.device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state_all(ckpt["cuda_rng"])   # dropout draws on the GPU's generator
+            self.done, self.step, self.train_s = ckpt["epoch"], ckpt["step"], ckpt["train_s"]
+            self.opt_state = ckpt["optimizer"]
+            try:
+                with open(self.path("log.jsonl")) as f:
+                    self.rows = [json.loads(line) for line in f if line.strip()][:self.done]
+                sal = self.path("saliency.pt")
+                self.snapshots = torch.load(sal, weights_only=False)["stages"] if os.path.exists(sal) else []
+            except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError, EOFError) as e:
+                raise ValueError(f"{self.dir}: log.jsonl or saliency.pt is damaged ({type(e).__name__}: "
+                                 f"{e}); re-run with --resume=false to start the run over") from e
+            print(f"resuming {cfg.name} from {self.path('checkpoint.pt')} after epoch {self.done}/{epochs}")
+        # the log holds exactly the finished epochs; later lines are appended as epochs end
+        with open(self.path("log.jsonl") + ".tmp", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in self.rows)
+        os.replace(self.path("log.jsonl") + ".tmp", self.path("log.jsonl"))
+        self.log = open(self.path("log.jsonl"), "a")
+        self.bar = tqdm(total=epochs * images_per_epoch, initial=self.done * images_per_epoch, unit="img",
+                        unit_scale=True, dynamic_ncols=True, smoothing=0.05, mininterval=1.0)
+
+    def begin_epoch(self, description: str) -> None:
+        self.bar.set_description(description)
+        self.t0, self.epoch_steps = time.time(), 0
+        self.first_bad = torch.full((), -1, device=self.device)  # first step with a non-finite loss
+
+    def before_step(self) -> None:
+        if self.cfg.compile and self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are consumed
+
+    def after_step(self, loss: torch.Tensor) -> None:
+        """The NaN watch, on the device (no sync), and the progress bar."""
+        self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss),
+                                     torch.full_like(self.first_bad, self.step), self.first_bad)
+        self.step += 1
+        self.epoch_steps += 1
+        self.bar.update(self.cfg.batch_size)
+
+    def end_steps(self, where: str) -> float:
+        """Sync point: read the NaN flag once per epoch; raise on a bad loss. -> seconds of steps."""
+        if self.first_bad.item() >= 0:
+            self.bar.close()
+            kept = (f"the last good checkpoint (epoch {self.done}) is kept in {self.path('checkpoint.pt')}"
+                    if os.path.exists(self.path("checkpoint.pt")) else "no epoch had finished, so no "
+                    "checkpoint was kept")
+            raise FloatingPointError(
+                f"{self.cfg.name}: the loss became NaN or infinite at {where}, step {int(self.first_bad)}; "
+                f"training stopped; {kept}. Try a lower --lr.")
+        return time.time() - self.t0
+
+    def end_epoch(self, model, opt, sums: torch.Tensor, seconds: float, *, snapshot: dict | None = None,
+                  **row) -> dict:
+        """Record a finished epoch: saliency.pt at a stage end, checkpoint.pt, then a log line.
+
+        sums: (loss, ce, kd, sal, correct) summed over the epoch's steps, on the device.
+        The checkpoint comes first: a kill between the two loses only a log line, which the
+        resumed run writes again.
+        """
+        n, B = self.epoch_steps, self.cfg.batch_size
+        s = (sums / torch.tensor([n] * 4 + [n * B / 100], device=sums.device)).tolist()  # sync point
+        row = dict(stage=row.pop("stage"), res=row.pop("res"), epoch=row.pop("epoch"),
+                   stage_epoch=row.pop("stage_epoch"), lr=row.pop("lr"), loss=s[0], ce=s[1], kd=s[2],
+                   sal=s[3], train_acc=s[4], **row, seconds=round(seconds, 3),
+                   images_per_s=round(n * B / seconds, 1))
+        self.rows.append(row)
+        if snapshot is not None:              # stage end: keep the maps for plots.py
+            images, labels = snapshot.pop("images"), snapshot.pop("labels")
+            self.snapshots.append(dict(stage=row["stage"], **snapshot))
+            # clone: a slice of the test set would drag the whole tensor into the file
+            save_atomic(dict(images=images.cpu().clone(), labels=labels.cpu().clone(),
+                             stages=self.snapshots), self.path("saliency.pt"))
+        self.train_s += time.time() - self.t0  # training, validation and snapshots of this epoch
+        cfg = self.cfg
+        save_atomic(dict(model=model.state_dict(), optimizer=opt.state_dict(), stage=row["stage"],
+                         stage_epoch=row["stage_epoch"], epoch=row["epoch"], step=self.step,
+                         train_s=self.train_s,
+                         **{k: g.get_state() for k, g in self.generators.items()},
+                         torch_rng=torch.get_rng_state(), config=dataclasses.asdict(cfg),
+                         cuda_rng=torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+                         model_args=self.model_args, teacher_info=self.teacher_info),
+                    self.path("checkpoint.pt"))
+        self.done = row["epoch"]
+        self.log.write(json.dumps(row) + "\n")
+        self.log.flush()
+        self.bar.set_postfix(loss=f"{s[0]:.3f}", train=f"{s[4]:.1f}", val=f"{row['val_acc']:.1f}")
+        return row
+
+    def begin_test(self) -> None:
+        self.bar.close()
+        self.log.close()
+        self.t_test = time.time()
+
+    def finish(self, model, test: dict, *, params: int, test_x: torch.Tensor, **extra) -> dict:
+        """Write model.pt and results.json -> results.json's dict.
+
+        test: the method's numbers (test_acc, test_head, test_acc_by_res, heads, ...).
+        """
+        cfg = self.cfg
+        results = dict(name=cfg.name, **test, val_acc=self.rows[-1]["val_acc"], params=params,
+                       wall_s=round(self.train_s + time.time() - self.t_test, 1),
+                       train_s=round(self.train_s, 1), device=device_name(self.device), seed=cfg.seed,
+                       **extra, quick=cfg.quick, commit=self.commit,
+                       # which copy of the data: the official archive and the JPEG copy differ here
+                       test_md5=hashlib.md5(test_x.cpu().numpy().tobytes()).hexdigest())
+        save_atomic(dict(model=model.state_dict(), model_args=self.model_args,
+                         config=dataclasses.asdict(cfg), test_acc=results["test_acc"]),
+                    self.path("model.pt"))
+        write_json(self.path("results.json"), results)
+        return results
+
+
+# =============================================================================
+# The command line shared by experiments.py and teacher.py
+# =============================================================================
+
+
+def parse_overrides(argv: list[str], config_cls) -> dict:
+    """["--lr=1e-3", "--quick", "--teacher", "PATH"] -> {"lr": 0.001, ...}, type-checked
+    against the dataclass config_cls; an unknown field or a bad value raises ValueError."""
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    out, args = {}, list(argv)
+    while args:
+        arg = args.pop(0)
+        if not arg.startswith("--"):
+            raise ValueError(f"unexpected argument {arg!r}; options look like --field=value")
+        key, eq, value = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        if key not in fields:
+            raise ValueError(f"unknown field {key!r}; valid fields: {', '.join(fields)}")
+        default = fields[key].default
+        if not eq:
+            if isinstance(default, bool):
+                value = "true"
+            elif args:
+                value = args.pop(0)
+            else:
+                raise ValueError(f"--{key} needs a value")
+        out[key] = convert(key, value, default)
+    return out
+
+
+def convert(key: str, value: str, default):
+    kind = type(default)
+    try:
+        if kind is bool:
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return value.lower() in ("true", "1", "yes")
+        if kind is tuple:
+            return tuple(int(v) for v in value.split(","))
+        return kind(value)
+    except ValueError:
+        example = {bool: "true or false", tuple: "comma-separated integers, e.g. 12,16,20",
+                   int: "an integer", float: "a number", str: "a string"}[kind]
+        raise ValueError(f"--{key}={value!r}: expected {example}") from None
+
+
+def guarded(fn) -> int:
+    """Run a training command; Ctrl-C and known failures become a message and an exit status."""
+    try:
+        fn()
+    except KeyboardInterrupt:
+        # Every finished epoch is already in checkpoint.pt; the same command continues from it.
+        print(f"\ninterrupted: the last finished epoch is saved. Resume with:\n"
+              f"  {os.path.relpath(sys.executable)} {' '.join(sys.argv)}", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
