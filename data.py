@@ -209,11 +209,15 @@ class EpochSampler:
         self.n, self.batch_size, self.device = n, batch_size, device
         self.generator = torch.Generator().manual_seed(seed)
 
-    def epoch(self, crop: int = 32, pad: int = 4):
+    def epoch(self, crop: int = 32, pad: int = 4, augment: bool = True):
+        """Yield (indices, crop offsets, flips) per batch. augment=False: the centre crop, no
+        flip (the draws are still made, so the image order matches an augmented run's)."""
         g = self.generator
         perm = torch.randperm(self.n, generator=g)
         offsets = torch.randint(0, 32 + 2 * pad - crop + 1, (self.n, 2), generator=g)
         flips = torch.rand(self.n, generator=g) < 0.5
+        if not augment:
+            offsets, flips = torch.full_like(offsets, (32 + 2 * pad - crop) // 2), torch.zeros_like(flips)
         perm, offsets, flips = (t.to(self.device) for t in (perm, offsets, flips))
         for i in range(0, self.n - self.batch_size + 1, self.batch_size):  # drop the ragged last batch
             idx = perm[i:i + self.batch_size]

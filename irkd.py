@@ -387,6 +387,7 @@ class Config:
     epochs: int = 60
     fresh_optimizer: bool = True       # re-create AdamW at every stage (the paper)
     resize_mode: str = "resize"        # "resize" (paper's idea) or "crop" (the original code)
+    augment: str = "crop_flip"         # "crop_flip" (random crop of the padded image + flip), "none"
     # optimisation
     batch_size: int = 128
     lr: float = 3e-4
@@ -407,6 +408,10 @@ class Config:
     teacher_model: str = "small"       # the teacher's preset (its recipe is in teacher.py)
     teacher_epochs: int = 135
     teacher_res: str = "same"          # "same": the student's view; "full": the 32-px view
+    # what is reported, and which weights
+    head: str = "avg"                  # "avg" (mean of the two heads' softmax) or "cls" (the original)
+    select: str = "last"               # "last" epoch's weights, or "best" validation epoch's (at 32 px)
+    test_epochs: tuple = ()            # epochs after which the model is also tested at 32 px
     # data and bookkeeping
     data: str = "data"
     train_size: int = 0                # 0 = all 45,000 training images
@@ -417,6 +422,7 @@ class Config:
     out: str = "runs"
     quick: bool = False
     resume: bool = True                # continue from runs/NAME/checkpoint.pt when it exists
+    overwrite: bool = False            # with resume=False: replace a finished run's directory
     compile: bool = False              # torch.compile the student and teacher (CUDA graphs on CUDA)
 
     def stages(self) -> list[tuple[int, int]]:
@@ -442,7 +448,8 @@ class Config:
         if self.epochs < 1 or self.batch_size < 1:
             bad("epochs and batch_size must be positive")
         choices = dict(resize_mode=("resize", "crop"), schedule=("constant", "onecycle"),
-                       teacher_res=("same", "full"), saliency=("rollout", "grad"))
+                       teacher_res=("same", "full"), saliency=("rollout", "grad"),
+                       augment=("crop_flip", "none"), head=("avg", "cls"), select=("last", "best"))
         for k, valid in choices.items():
             if getattr(self, k) not in valid:
                 bad(f"{k}={getattr(self, k)!r}; valid: {', '.join(valid)}")
@@ -456,6 +463,8 @@ class Config:
                 "gradients; use --compile=false or --saliency=rollout")
         if not 0 <= self.erasing <= 1:
             bad(f"erasing={self.erasing} is a probability; choose a value in [0, 1]")
+        if any(not 1 <= e <= self.epochs for e in self.test_epochs):
+            bad(f"test_epochs={self.test_epochs}: each must be an epoch in 1..{self.epochs}")
 
 # =============================================================================
 # 5. Training: the resolution curriculum
@@ -594,7 +603,8 @@ def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = 
             loss_fn.train()
             sums = torch.zeros(5, device=device)            # loss, ce, kd, sal, correct
             run.begin_epoch(f"{cfg.name} {res}px ep {epoch}/{epochs_total}")
-            for idx, offsets, flips in sampler.epoch(crop=res if cfg.resize_mode == "crop" else 32):
+            crop = res if cfg.resize_mode == "crop" else 32
+            for idx, offsets, flips in sampler.epoch(crop=crop, augment=cfg.augment != "none"):
                 # the student's view at res; the teacher's view: the same, or 32 px of the same image
                 xs, xt = data_lib.make_views(d["train_x"][idx], offsets, flips, res, cfg.resize_mode,
                                              full_view=cfg.kd and cfg.teacher_res == "full",
@@ -607,65 +617,98 @@ def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = 
                                    teacher_input=xs if xt is None else xt, lr=lr)
                 sums += stats
                 run.after_step(stats[0])                    # the NaN watch, on the device
-            # sync point: the NaN flag, read once per epoch; then validation at `res` (another)
+            # sync point: the NaN flag, read once per epoch; then validation at `res` and at 32 px
             seconds = run.end_steps(f"stage {stage} ({res} px), epoch {epoch}")
             val = evaluate(model, d["val_x"], d["val_y"], res)
+            val32 = val if res == 32 else evaluate(model, d["val_x"], d["val_y"], 32)
+            # the test set at chosen epochs (free baselines of a shorter run), at 32 px
+            tested = predict(model, d["test_x"], 32) if epoch in cfg.test_epochs else None
             # stage end: rollout maps of a fixed handful of test images, for plots.py
-            snap = (saliency_snapshot(model, teacher, d["test_x"][:8], res,
-                                      cfg.teacher_res) | dict(images=d["test_x"][:8], labels=d["test_y"][:8])
-                    if stage_epoch == epochs else None)
-            run.end_epoch(model, opt, sums, seconds, snapshot=snap, stage=stage, res=res, epoch=epoch,
-                          stage_epoch=stage_epoch, lr=lr, val_acc=val[main_head(val)], val_heads=val)
+            snap = (saliency_snapshot(model, teacher, d["test_x"][:8], res, cfg.teacher_res)
+                    | dict(images=d["test_x"][:8], labels=d["test_y"][:8]) if stage_epoch == epochs else None)
+            head = main_head(val, cfg.head)
+            run.end_epoch(model, opt, sums, seconds, snapshot=snap, select_val=val32[head],
+                          test_predictions=tested, stage=stage, res=res, epoch=epoch,
+                          stage_epoch=stage_epoch, lr=lr, val_acc=val[head], val_heads=val,
+                          val_acc_32=val32[head], val_heads_32=val32,
+                          test_heads_32=accuracy(tested, d["test_y"]) if tested else None)
 
-    # the final model, every head at every resolution
+    # test: the last weights, and the best validation epoch's (at 32 px), at every resolution
     run.begin_test()
-    by_head = evaluate_all(model, d["test_x"], d["test_y"], cfg.resolutions)
-    head = main_head(by_head)
-    return run.finish(model, dict(test_acc=by_head[head]["32"], test_head=head,
-                                  test_acc_by_res=by_head[head], heads=by_head),
-                      params=count_params(model), test_x=d["test_x"], epochs=epochs_total, stages=stages,
-                      teacher=teacher_info, test_images=len(d["test_x"]), train_images=len(d["train_x"]))
+    final = predict_all(model, d["test_x"], cfg.resolutions)
+    best = final
+    if run.best_epoch not in (None, epochs_total):
+        best_model = build_model(**model_args(cfg)).to(device)
+        best_model.load_state_dict(run.best_state)
+        best = predict_all(best_model, d["test_x"], cfg.resolutions)
+    heads = {w: by_resolution(p, d["test_y"]) for w, p in (("last", final), ("best", best))}
+    head = main_head(heads["last"], cfg.head)
+    chosen = heads[cfg.select]
+    return run.finish(model, dict(test_acc=chosen[head]["32"], test_head=head, test_acc_by_res=chosen[head],
+                                  heads=chosen, select=cfg.select, heads_last=heads["last"],
+                                  heads_best=heads["best"]),
+                      predictions=dict(last=final[32], best=best[32]), test_x=d["test_x"], labels=d["test_y"],
+                      params=count_params(model), epochs=epochs_total, stages=stages,
+                      teacher=teacher_info, train_images=len(d["train_x"]))
+
 
 # =============================================================================
 # 6. Evaluation: every head at every resolution
 # =============================================================================
 
-def main_head(heads: dict) -> str:
-    """The reported head: the average of cls and dist where there is a dist token (DeiT), else cls."""
-    return "avg" if "avg" in heads else "cls"
+def main_head(heads: dict, wanted: str = "avg") -> str:
+    """The reported head: `wanted` where the model has it, else "cls" (no distillation token)."""
+    return wanted if wanted in heads else "cls"
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, res: int, batch_size: int = 500) -> dict:
-    """Top-1 accuracy (%) at resolution `res` -> {"cls": ..} or {"cls", "dist", "avg"}.
+def predict(model: nn.Module, x: torch.Tensor, res: int, batch_size: int = 500) -> dict[str, torch.Tensor]:
+    """Predicted classes at resolution `res` -> {"cls": (N,)}, or {"cls", "dist", "avg"}.
 
-    The test images go through the same normalise + antialiased resize as training.
+    The images go through the same normalise + antialiased resize as in training. "avg"
+    is the argmax of the sum of the two heads' softmax probabilities. (DeiT's code averages
+    the logits instead; the two can differ where one head is far more confident.)
     """
     was_training = model.training
     model.eval()
-    correct = None
-    autocast = dict(device_type=x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda")
+    preds: dict[str, list[torch.Tensor]] = {}
     for i in range(0, len(x), batch_size):
-        with torch.autocast(**autocast):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
             out = model(resize(normalize(x[i:i + batch_size]), res))
-        yb = y[i:i + batch_size]
-        if isinstance(out, tuple):
-            cls, dist = out[0].float(), out[1].float()
-            # "avg" averages the two heads' softmax outputs, as DeiT does at test time.
-            avg = cls.softmax(-1) + dist.softmax(-1)
-            hits = torch.stack([(o.argmax(-1) == yb).sum() for o in (cls, dist, avg)])
-        else:
-            hits = (out.argmax(-1) == yb).sum()[None]
-        correct = hits if correct is None else correct + hits
+        logits = dict(zip(("cls", "dist"), out)) if isinstance(out, tuple) else {"cls": out}
+        logits = {h: v.float() for h, v in logits.items()}                      # each (B, C)
+        if "dist" in logits:
+            logits["avg"] = logits["cls"].softmax(-1) + logits["dist"].softmax(-1)
+        for h, v in logits.items():
+            preds.setdefault(h, []).append(v.argmax(-1))
     model.train(was_training)
-    accs = (correct.float() * 100 / len(x)).tolist()
-    return dict(zip(("cls", "dist", "avg"), [round(a, 2) for a in accs]))
+    return {h: torch.cat(p) for h, p in preds.items()}                          # each (N,)
+
+
+def accuracy(preds: dict[str, torch.Tensor], y: torch.Tensor) -> dict[str, float]:
+    """Top-1 accuracy (%) of each head's predictions, rounded to 0.01."""
+    hits = torch.stack([(p == y).sum() for p in preds.values()])
+    accs = (hits.float() * 100 / len(y)).tolist()                               # one host sync
+    return {h: round(a, 2) for h, a in zip(preds, accs)}
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, res: int, batch_size: int = 500) -> dict:
+    """Top-1 accuracy (%) at resolution `res` -> {"cls": ..} or {"cls", "dist", "avg"}."""
+    return accuracy(predict(model, x, res, batch_size), y)
+
+
+def predict_all(model: nn.Module, x: torch.Tensor, resolutions=RESOLUTIONS) -> dict:
+    """{res: {head: (N,) predictions}} at every resolution; 32 px always included."""
+    return {r: predict(model, x, r) for r in sorted(set(resolutions) | {32})}
+
+
+def by_resolution(preds: dict, y: torch.Tensor) -> dict[str, dict[str, float]]:
+    """predict_all()'s output -> {head: {"12": acc, ..., "32": acc}}."""
+    per_res = {r: accuracy(p, y) for r, p in preds.items()}
+    return {h: {str(r): per_res[r][h] for r in per_res} for h in per_res[32]}
 
 
 def evaluate_all(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  resolutions=RESOLUTIONS) -> dict[str, dict[str, float]]:
     """{head: {"12": acc, ..., "32": acc}} on every resolution; 32 px always included."""
-    resolutions = sorted(set(resolutions) | {32})
-    per_res = {r: evaluate(model, x, y, r) for r in resolutions}
-    return {h: {str(r): per_res[r][h] for r in resolutions} for h in per_res[32]}
-
+    return by_resolution(predict_all(model, x, resolutions), y)

@@ -169,7 +169,7 @@ def load_checkpoint(path: str) -> dict:
 
 # Config fields that may change between a run and its resumption (where and how
 # fast it runs, not what it computes).
-RESUMABLE_CHANGES = {"device", "resume", "data", "compile"}
+RESUMABLE_CHANGES = {"device", "resume", "data", "compile", "overwrite", "head", "select"}
 
 
 def resume_state(cfg, run_dir: str, teacher_info: dict | None) -> dict | None:
@@ -214,7 +214,9 @@ class Run:
         self.ckpt = resume_state(cfg, self.dir, teacher_info)
         self.commit = git_commit()
         self.done, self.step, self.train_s, self.opt_state = 0, 0, 0.0, None
-        self.rows, self.snapshots, self.generators = [], [], {}
+        self.rows, self.snapshots, self.generators, self.predictions = [], [], {}, {}
+        # the best validation epoch so far: its number, its accuracy and a copy of its weights
+        self.best_epoch, self.best_val, self.best_state = None, float("-inf"), None
 
     def path(self, name: str) -> str:
         return os.path.join(self.dir, name)
@@ -244,11 +246,18 @@ class Run:
                 torch.cuda.set_rng_state_all(ckpt["cuda_rng"])   # dropout draws on the GPU's generator
             self.done, self.step, self.train_s = ckpt["epoch"], ckpt["step"], ckpt["train_s"]
             self.opt_state = ckpt["optimizer"]
+            if ckpt.get("best") is not None:  # absent in checkpoints written before it existed
+                best = ckpt["best"]
+                self.best_epoch, self.best_val, self.best_state = best["epoch"], best["val"], best["model"]
             try:
                 with open(self.path("log.jsonl")) as f:
                     self.rows = [json.loads(line) for line in f if line.strip()][:self.done]
                 sal = self.path("saliency.pt")
                 self.snapshots = torch.load(sal, weights_only=False)["stages"] if os.path.exists(sal) else []
+                if os.path.exists(self.path("predictions.json")):
+                    with open(self.path("predictions.json")) as f:
+                        self.predictions = {k: v for k, v in json.load(f).items()
+                                            if k.startswith("epoch_") and int(k[6:]) <= self.done}
             except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError, EOFError) as e:
                 raise ValueError(f"{self.dir}: log.jsonl or saliency.pt is damaged ({type(e).__name__}: "
                                  f"{e}); re-run with --resume=false to start the run over") from e
@@ -290,13 +299,14 @@ class Run:
                 f"training stopped; {kept}. Try a lower --lr.")
         return time.time() - self.t0
 
-    def end_epoch(self, model, opt, sums: torch.Tensor, seconds: float, *, snapshot: dict | None = None,
-                  **row) -> dict:
-        """Record a finished epoch: saliency.pt at a stage end, checkpoint.pt, then a log line.
+    def end_epoch(self, model, opt, sums: torch.Tensor, seconds: float, *, select_val: float,
+                  snapshot: dict | None = None, test_predictions: dict | None = None, **row) -> dict:
+        """Record a finished epoch: the best weights so far, saliency.pt at a stage end, the test
+        predictions of this epoch (if any), checkpoint.pt, then a log line.
 
-        sums: (loss, ce, kd, sal, correct) summed over the epoch's steps, on the device.
-        The checkpoint comes first: a kill between the two loses only a log line, which the
-        resumed run writes again.
+        sums: (loss, ce, kd, sal, correct) summed over the epoch's steps, on the device;
+        select_val: the validation accuracy that picks the best epoch. The checkpoint comes
+        first: a kill between the two loses only a log line, which the resumed run writes again.
         """
         n, B = self.epoch_steps, self.cfg.batch_size
         s = (sums / torch.tensor([n] * 4 + [n * B / 100], device=sums.device)).tolist()  # sync point
@@ -305,6 +315,12 @@ class Run:
                    sal=s[3], train_acc=s[4], **row, seconds=round(seconds, 3),
                    images_per_s=round(n * B / seconds, 1))
         self.rows.append(row)
+        if select_val > self.best_val:        # a copy of the weights, kept until a better epoch
+            self.best_epoch, self.best_val = row["epoch"], select_val
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if test_predictions is not None:
+            self.predictions[f"epoch_{row['epoch']}"] = encode_predictions(test_predictions)
+            write_json(self.path("predictions.json"), self.predictions)
         if snapshot is not None:              # stage end: keep the maps for plots.py
             images, labels = snapshot.pop("images"), snapshot.pop("labels")
             self.snapshots.append(dict(stage=row["stage"], **snapshot))
@@ -319,7 +335,8 @@ class Run:
                          **{k: g.get_state() for k, g in self.generators.items()},
                          torch_rng=torch.get_rng_state(), config=dataclasses.asdict(cfg),
                          cuda_rng=torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
-                         model_args=self.model_args, teacher_info=self.teacher_info),
+                         model_args=self.model_args, teacher_info=self.teacher_info,
+                         best=dict(epoch=self.best_epoch, val=self.best_val, model=self.best_state)),
                     self.path("checkpoint.pt"))
         self.done = row["epoch"]
         self.log.write(json.dumps(row) + "\n")
@@ -332,16 +349,23 @@ class Run:
         self.log.close()
         self.t_test = time.time()
 
-    def finish(self, model, test: dict, *, params: int, test_x: torch.Tensor, **extra) -> dict:
-        """Write model.pt and results.json -> results.json's dict.
+    def finish(self, model, test: dict, *, params: int, test_x: torch.Tensor, labels: torch.Tensor,
+               predictions: dict, **extra) -> dict:
+        """Write predictions.json, model.pt and results.json -> results.json's dict.
 
-        test: the method's numbers (test_acc, test_head, test_acc_by_res, heads, ...).
+        test: the method's numbers (test_acc, test_head, test_acc_by_res, heads, ...);
+        predictions: {which weights: {head: (N,) classes}} on the test set at 32 px.
         """
         cfg = self.cfg
-        results = dict(name=cfg.name, **test, val_acc=self.rows[-1]["val_acc"], params=params,
+        self.predictions.update(labels=encode_predictions({"y": labels})["y"],
+                                **{k: encode_predictions(p) for k, p in predictions.items()})
+        write_json(self.path("predictions.json"), self.predictions)
+        at_epoch = {str(r["epoch"]): r["test_heads_32"] for r in self.rows if r.get("test_heads_32")}
+        results = dict(name=cfg.name, **test, best_epoch=self.best_epoch, at_epoch=at_epoch,
+                       val_acc=self.rows[-1]["val_acc"], params=params,
                        wall_s=round(self.train_s + time.time() - self.t_test, 1),
                        train_s=round(self.train_s, 1), device=device_name(self.device), seed=cfg.seed,
-                       **extra, quick=cfg.quick, commit=self.commit,
+                       **extra, test_images=len(test_x), quick=cfg.quick, commit=self.commit,
                        # which copy of the data: the official archive and the JPEG copy differ here
                        test_md5=hashlib.md5(test_x.cpu().numpy().tobytes()).hexdigest())
         save_atomic(dict(model=model.state_dict(), model_args=self.model_args,
@@ -349,6 +373,11 @@ class Run:
                     self.path("model.pt"))
         write_json(self.path("results.json"), results)
         return results
+
+
+def encode_predictions(preds: dict[str, torch.Tensor]) -> dict[str, str]:
+    """{head: (N,) classes 0..9} -> {head: "3817..."}: one digit per image, small in git."""
+    return {h: "".join(map(str, p.tolist())) for h, p in preds.items()}
 
 
 # =============================================================================

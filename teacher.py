@@ -43,7 +43,7 @@ def teacher_config(patch_size: int = 4, *, quick: bool = False, base: irkd.Confi
         base, name=name, model=base.teacher_model, patch_size=patch_size, kd=False, cl=False, sal=False,
         epochs=base.teacher_epochs, lr=4e-4, weight_decay=2e-4, schedule="onecycle",
         warmup_epochs=max(1, base.teacher_epochs // 13), label_smoothing=0.01, mixup=True, dropout=0.0,
-        fresh_optimizer=True, teacher="", quick=quick)
+        fresh_optimizer=True, teacher="", quick=quick, test_epochs=())
     if quick:
         cfg = dataclasses.replace(cfg, name=f"teacher_quick_p{patch_size}", model=QUICK_PRESET,
                                   **quick_sizes(QUICK_PRESET, patch_size, epochs=8), warmup_epochs=1,
