@@ -1,5 +1,8 @@
+#!/usr/bin/env bash
+# exp1a quick, killed with SIGKILL mid-run and resumed, against an uninterrupted run (docs/reliability.md).
+# Needs .venv/ (make setup), CIFAR-10 and the quick teacher (runs/quick/teacher_quick_p4/model.pt).
 set -u
-cd /work/main
+cd "$(dirname "$0")/.."   # the repository root, wherever this is called from
 T=runs/quick/teacher_quick_p4/model.pt
 A="exp1a --quick --teacher=$T"
 rm -rf runs/demo_full runs/demo_kill

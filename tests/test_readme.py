@@ -1,0 +1,62 @@
+"""The README, checked: it documents the code, so what it shows must run and what it links must exist.
+
+- The python usage block under "## Reading the code" is taken from README.md verbatim
+  and executed (CPU, about a second); it must print the shapes the README promises.
+- Every relative link from README.md into docs/ must point to an existing file.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = os.path.join(ROOT, "README.md")
+
+
+def read_readme() -> str:
+    with open(README, encoding="utf-8") as f:
+        return f.read()
+
+
+def section(text: str, heading: str) -> str:
+    """The body of a '## heading' section, up to the next '## ' heading."""
+    match = re.search(rf"^## {re.escape(heading)}\s*$(.*?)(?=^## |\Z)", text, re.M | re.S)
+    assert match, f"README.md has no '## {heading}' section"
+    return match.group(1)
+
+
+def usage_block() -> str:
+    body = section(read_readme(), "Reading the code")
+    blocks = re.findall(r"^```python\n(.*?)^```", body, re.M | re.S)
+    assert len(blocks) == 1, f"expected one python block under 'Reading the code', found {len(blocks)}"
+    return blocks[0]
+
+
+def test_usage_block_runs_and_prints_the_shapes():
+    code = usage_block()
+    out = io.StringIO()
+    cwd = os.getcwd()
+    try:
+        os.chdir(ROOT)  # the README says: run from the repository root
+        with contextlib.redirect_stdout(out):
+            exec(compile(code, "README.md (Reading the code)", "exec"), {"__name__": "__readme__"})
+    finally:
+        os.chdir(cwd)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2, out.getvalue()
+    assert lines[0].startswith("12 px: cls (8, 10) dist (8, 10) rollout (8, 3, 3) kd "), lines[0]
+    assert lines[1].startswith("32 px: cls (8, 10) dist (8, 10) rollout (8, 8, 8) kd "), lines[1]
+    for line in lines:
+        kd = float(line.rsplit("kd ", 1)[1])
+        assert kd >= 0.0  # a KL divergence
+
+
+def test_links_into_docs_exist():
+    text = read_readme()
+    targets = re.findall(r"\]\(([^)\s]+)\)", text)
+    docs = [t for t in targets if t.startswith(("docs/", "./docs/"))]
+    assert docs, "README.md links to nothing under docs/"
+    missing = [t for t in docs if not os.path.isfile(os.path.join(ROOT, t.split("#", 1)[0]))]
+    assert not missing, f"README.md links to missing files: {missing}"
