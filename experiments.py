@@ -15,10 +15,16 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import math
 import os
 import re
 import statistics
 import sys
+
+# OpenMP threads that busy-wait between parallel regions make two processes on a shared CPU
+# slow each other down several-fold (README, "Speed on a shared machine"); waiting passively
+# costs little on an idle one. Set before torch is imported; an explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import data as data_lib
 import irkd
@@ -149,9 +155,26 @@ def configs_for(name: str, overrides: dict) -> list[irkd.Config]:
         cfg = dataclasses.replace(EXPERIMENTS[n], out=overrides.get("out", EXPERIMENTS[n].out))
         cfg = quick(cfg) if is_quick else cfg
         cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if k != "out"})
-        cfg.check()
-        cfgs.append(cfg)
+        cfgs.append(seeded(cfg, cfg.seed))
     return cfgs
+
+
+def seeded(cfg: irkd.Config, seed: int) -> irkd.Config:
+    """The config for one seed: seed 0 keeps NAME, any other seed runs in NAME-seedN, so that
+    repeats never share (or overwrite) a directory. A teacher is trained once, with its own seed."""
+    if cfg.name.startswith("teacher_") or seed == 0:
+        return dataclasses.replace(cfg, seed=seed) if not cfg.name.startswith("teacher_") else cfg
+    base = re.sub(r"-seed\d+$", "", cfg.name)
+    return dataclasses.replace(cfg, name=f"{base}-seed{seed}", seed=seed)
+
+
+def check_before_work(cfgs: list[irkd.Config], data: dict) -> None:
+    """The checks that need the data, before any teacher or student trains: the data sizes
+    and the run directories (a finished run is never overwritten)."""
+    for cfg in cfgs:
+        data_lib.prepare(data, train_size=cfg.train_size, val_size=cfg.val_size,
+                         test_size=cfg.test_size, batch_size=cfg.batch_size)
+        runs.check_run_dir(cfg)
 
 
 def run(cfg: irkd.Config, data: dict) -> dict:
@@ -217,6 +240,103 @@ def report(out: str = "runs") -> str:
     return "\n".join(lines)
 
 
+# -----------------------------------------------------------------------------
+# The study's comparisons ("What holds up"): paired by seed, fixed before the runs
+# -----------------------------------------------------------------------------
+
+# Equal compute: a curriculum of 6 x 2 epochs costs about 6.3 epochs at 32 px (tokens per
+# image at 12..32 px with patch 4: 10, 17, 26, 37, 50, 65), so its twin is the fixed run's
+# epoch-6 weights; equal 32-px exposure is epoch 2. (name, arm A, at, arm B, at): A - B.
+COMPARISONS = [
+    ("CL - CE, equal epochs", "study_cl", "last", "study_ce", "last"),
+    ("CL - CE, equal compute", "study_cl", "last", "study_ce", "epoch_6"),
+    ("CL - CE, equal 32-px exposure", "study_cl", "last", "study_ce", "epoch_2"),
+    ("KD - CE", "study_kd", "last", "study_ce", "last"),
+    ("KD+CL - KD, equal epochs", "study_kd_cl", "last", "study_kd", "last"),
+    ("KD+CL - KD, equal compute", "study_kd_cl", "last", "study_kd", "epoch_6"),
+    ("KD+CL+Sal - KD+CL", "study_kd_cl_sal", "last", "study_kd_cl", "last"),
+    ("CE - CE without augmentation", "study_ce", "last", "study_ce_noaug", "last"),
+    ("crop CL - resize CL", "study_cl_crop", "last", "study_cl", "last"),
+]
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]  # t(0.975, df 1..10)
+
+
+def mcnemar_p(a_right: list[bool], b_right: list[bool]) -> float:
+    """Exact two-sided McNemar test: a binomial(n, 1/2) on the images exactly one model gets right."""
+    b = sum(x and not y for x, y in zip(a_right, b_right))
+    c = sum(y and not x for x, y in zip(a_right, b_right))
+    n, k = b + c, min(b, c)
+    if n == 0:
+        return 1.0
+    log_terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2)
+                 for i in range(k + 1)]
+    return min(1.0, 2 * sum(math.exp(t) for t in log_terms))
+
+
+def load_predictions(run_dir: str) -> dict:
+    with open(os.path.join(run_dir, "predictions.json")) as f:
+        return json.load(f)
+
+
+def paired(out: str, a: str, at_a: str, b: str, at_b: str, head: str = "cls") -> list[dict]:
+    """Per seed present in both arms: each one's accuracy (%) and the McNemar p."""
+    rows = []
+    for run_a in sorted(glob.glob(os.path.join(out, a + "*", "predictions.json"))):
+        dir_a = os.path.dirname(run_a)
+        suffix = os.path.basename(dir_a)[len(a):]
+        if suffix and not re.fullmatch(r"-seed\d+", suffix):
+            continue                                       # another arm sharing the prefix
+        dir_b = os.path.join(out, b + suffix)
+        if not os.path.exists(os.path.join(dir_b, "results.json")):
+            continue
+        pa, pb = load_predictions(dir_a), load_predictions(dir_b)
+        if at_a not in pa or at_b not in pb or "labels" not in pa:
+            continue
+        y = pa["labels"]
+        ra = [p == t for p, t in zip(pa[at_a][head], y)]
+        rb = [p == t for p, t in zip(pb[at_b][head], y)]
+        rows.append(dict(seed=int(suffix[5:] or 0), a=100 * sum(ra) / len(y), b=100 * sum(rb) / len(y),
+                         p=mcnemar_p(ra, rb)))
+    return sorted(rows, key=lambda r: r["seed"])
+
+
+def study_report(out: str = "results/study") -> str:
+    """Every study arm (mean ± std over seeds), then each comparison: the mean paired
+    difference with its 95 % t-interval over seeds and the per-seed McNemar p."""
+    groups = {k: v for k, v in collect(out).items() if k in STUDY_ARMS or k.startswith("teacher_")}
+    res = [str(r) for r in irkd.RESOLUTIONS]
+    lines = ["| arm | seeds | cls 32 px (primary) | avg 32 px | best-val epoch, cls 32 px | "
+             + " | ".join(f"{r} px" for r in res) + " | train s | commit |",
+             "|---|---|---:|---:|---:|" + "---:|" * len(res) + "---:|---|"]
+    for name in [n for n in [STUDY_TEACHER.name, *STUDY_ARMS] if n in groups]:
+        rs = sorted(groups[name], key=lambda r: r["seed"])
+        last = [r.get("heads_last", r["heads"]) for r in rs]
+        avg = [h["avg"]["32"] for h in last if "avg" in h]
+        best = [r.get("heads_best", r["heads"])["cls"]["32"] for r in rs]
+        lines.append("| " + " | ".join([
+            f"{name} ({SETUP[name]})", ",".join(str(r["seed"]) for r in rs),
+            mean_std([h["cls"]["32"] for h in last]), mean_std(avg) if avg else "–",
+            mean_std(best), *[mean_std([h["cls"][x] for h in last]) for x in res],
+            f"{statistics.mean(r['train_s'] for r in rs):.0f}",
+            ",".join(sorted({r.get("commit", "?")[:7] for r in rs}))]) + " |")
+    lines += ["", "| comparison (A - B, cls head, 32 px) | seeds | A | B | A - B | 95 % interval | "
+              "McNemar p per seed |", "|---|---|---:|---:|---:|---|---|"]
+    for what, a, at_a, b, at_b in COMPARISONS:
+        rows = paired(out, a, at_a, b, at_b)
+        if not rows:
+            lines.append(f"| {what} | – | | | | not run yet | |")
+            continue
+        diffs = [r["a"] - r["b"] for r in rows]
+        n, mean = len(diffs), statistics.mean(diffs)
+        ci = (f"[{mean - T975[n - 2] * statistics.stdev(diffs) / math.sqrt(n):+.2f}, "
+              f"{mean + T975[n - 2] * statistics.stdev(diffs) / math.sqrt(n):+.2f}]"
+              if 2 <= n <= len(T975) + 1 else "one seed: none")
+        lines.append(f"| {what} ({at_a} vs {at_b}) | {','.join(str(r['seed']) for r in rows)} | "
+                     f"{statistics.mean(r['a'] for r in rows):.2f} | {statistics.mean(r['b'] for r in rows):.2f} | "
+                     f"{mean:+.2f} | {ci} | {', '.join(format(r['p'], '.2g') for r in rows)} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     valid = list(EXPERIMENTS) + list(GROUPS)
     if not argv or argv[0] in ("-h", "--help"):
@@ -231,10 +351,12 @@ def main(argv: list[str]) -> int:
         return bench.main(rest)
     if name == "report":
         out = next((a.split("=", 1)[1] for a in rest if a.startswith("--out=")), "runs")
-        table = report(out)
-        print(table)
-        with open(os.path.join(out, "report.md"), "w") as f:
-            f.write(table + "\n")
+        for folder, make in ((out, report), (STUDY["out"], study_report)):
+            if os.path.isdir(folder):
+                table = make(folder)
+                print(f"{folder}:\n{table}\n")
+                with open(os.path.join(folder, "report.md"), "w") as f:
+                    f.write(table + "\n")
         return 0
     if name not in valid:
         print(f"error: unknown experiment {name!r}; valid: list, report, {', '.join(valid)}", file=sys.stderr)
@@ -252,10 +374,14 @@ def main(argv: list[str]) -> int:
             return 2
     try:
         cfgs = configs_for(name, runs.parse_overrides(rest, irkd.Config))
-        if seeds is not None:  # repeats: NAME-seedN for each seed; teachers are trained once
-            cfgs = [c if c.name.startswith("teacher_") else dataclasses.replace(c, name=f"{c.name}-seed{s}", seed=s)
-                    for c in cfgs for s in (seeds if not c.name.startswith("teacher_") else [c.seed])]
+        if seeds is not None:  # repeats: NAME, NAME-seed1, ...; teachers are trained once
+            cfgs = [seeded(c, s) for c in cfgs
+                    for s in (seeds if not c.name.startswith("teacher_") else [c.seed])]
+        for c in cfgs:                         # a bad config or device fails before the data is read
+            c.check()
+            runs.pick_device(c.device)
         data = data_lib.load_cifar10(cfgs[0].data)
+        check_before_work(cfgs, data)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

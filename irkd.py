@@ -3,7 +3,7 @@
 The method alone, read top to bottom:
 
   1. model       ViT (teacher and students, with an optional distillation token), PRESETS
-  2. saliency    attention_rollout, saliency_loss (and the Grad-CAM variant)
+  2. saliency    attention_rollout, saliency_loss; token Grad-CAM; the notebooks' attn and probe
   3. losses      kd_loss, IRKDLoss (owns the frozen teacher's forward)
   4. config      Config: every field of a run, checked before any work
   5. training    train_step, train(): the 12 -> 32 px resolution curriculum
@@ -255,25 +255,147 @@ class capture_tokens:
 
 
 def grad_layers(depth: int) -> list[int]:
-    """The layers of the original Grad-CAM saliency: 1, 2 and the last for shallow models, else all."""
+    """The layers of saliency="grad" (this repository's choice, not the notebooks'): blocks 0, 1
+    and the last for models of up to 4 blocks, else all. The last block's map is all zero (see
+    token_gradcam), so it only rescales the layer average, which min-max normalisation removes."""
     return [0, 1, depth - 1] if depth <= 4 else list(range(depth))
 
 
 def token_gradcam(logits: torch.Tensor, tokens: list[torch.Tensor], target: torch.Tensor,
                   num_prefix: int, create_graph: bool) -> torch.Tensor:
-    """Grad-CAM over patch tokens, averaged over the captured layers -> (B, gh, gw).
+    """Grad-CAM over patch tokens through the rest of the network, averaged over the captured
+    layers -> (B, gh, gw). This repository's variant; it is not what the notebooks ran (see
+    probe_gradient_maps and cls_attention_maps for those).
 
-    Per layer: channel weights = the gradient of the target-class score averaged over
-    tokens; map = ReLU(sum over channels of weight * token). With create_graph=True the
-    map stays differentiable (second order), so a loss on it trains the student.
+    Per layer: channel weights = the gradient of the target-class score averaged over the
+    *patch* tokens only (averaging over all tokens let the class and distillation tokens,
+    whose gradients are far larger, set the weights); map = ReLU(sum over channels of
+    weight * patch token). The heads read only the prefix tokens after the final norm, so the
+    last block's patch tokens get exactly zero gradient and that layer's map is all zero: only
+    blocks before the last (or a probe, saliency="probe") carry signal. With create_graph=True
+    the map stays differentiable (second order), so a loss on it trains the student.
     """
     score = logits.float().gather(1, target[:, None]).sum()
     grads = torch.autograd.grad(score, tokens, create_graph=create_graph)
-    cams = [F.relu((g.mean(dim=1, keepdim=True) * h).sum(-1).float())[:, num_prefix:]  # (B, n_patches)
+    cams = [F.relu((g[:, num_prefix:].float().mean(dim=1, keepdim=True)
+                    * h[:, num_prefix:].float()).sum(-1))                          # (B, n_patches)
             for h, g in zip(tokens, grads)]
     cam = torch.stack(cams).mean(0)
     side = math.isqrt(cam.shape[1])
     return cam.reshape(-1, side, side)                                                 # (B, gh, gw)
+
+
+# The two saliency methods the original notebooks (github.com/Soobiwan/IRKD) ran, replayed.
+# Notebook cells are numbered from 0 (markdown included); line numbers are within the cell.
+SALIENCY = ("rollout", "grad", "attn", "probe")    # the valid values of Config.saliency
+
+
+def _square(n: int) -> int:
+    g = math.isqrt(n)
+    if g * g != n:
+        raise ValueError(f"{n} patch tokens is not a square grid")
+    return g
+
+
+def area_pool_grid(maps: torch.Tensor, size) -> torch.Tensor:
+    """Area-pool (..., gh, gw) maps to the grid `size`, as saliency_loss pools a finer teacher map."""
+    size = tuple(size)
+    if tuple(maps.shape[-2:]) == size:
+        return maps
+    pooled = F.adaptive_avg_pool2d(maps.reshape(-1, 1, *maps.shape[-2:]), size)
+    return pooled.view(*maps.shape[:-2], *size)
+
+
+def cls_attention_maps(attentions: list[torch.Tensor], num_prefix: int) -> torch.Tensor:
+    """Class-token -> patch attention of every layer, mean over heads -> (L, B, gh, gw), raw.
+
+    Replays process_attention() of P_4_ALL.ipynb (the ViT-Tiny p4 KD+CL+Sal cell, cell 14,
+    lines 107-119): attentions[l].mean(heads)[:, 0, num_prefix:] on a square grid. No
+    gradients and no rollout; attn_saliency_loss does the min-max normalisation and the MSE.
+    attentions: per layer (B, heads, N, N) probabilities, tokens [cls, (dist), patches].
+    """
+    a = torch.stack([layer.float().mean(dim=1)[:, 0, num_prefix:] for layer in attentions])  # (L, B, n)
+    g = _square(a.shape[-1])
+    return a.reshape(*a.shape[:2], g, g)
+
+
+def attn_saliency_loss(student_maps: torch.Tensor, teacher_maps: torch.Tensor) -> torch.Tensor:
+    """saliency="attn": per-image min-max (over patches), MSE per layer, averaged over layers.
+
+    Replays multi_layer_attention_loss() of P_4_ALL.ipynb (cell 14, lines 121-146): layer i of
+    the student against layer i of the teacher, over the layers both have (the notebook looped
+    over range(12) and skipped missing layers), eps 1e-8. Where the grids differ, the teacher's
+    raw maps are area-pooled to the student's grid (as saliency_loss does); the notebook would
+    have resized the student's normalised map bilinearly, a branch its runs never reached.
+    """
+    L = min(len(student_maps), len(teacher_maps))
+    s = student_maps[:L].flatten(0, 1)                                             # (L*B, gh, gw)
+    t = area_pool_grid(teacher_maps[:L], student_maps.shape[-2:]).flatten(0, 1)
+    return F.mse_loss(minmax_normalize(s, 1e-8), minmax_normalize(t, 1e-8))      # = mean of layer MSEs
+
+
+def probe_layers(depth: int) -> list[int]:
+    """The blocks saliency="probe" reads, in the student and (same indices) in the teacher:
+    [0, 2, 3] for a 4-block model (P_2_OUR_STUDENT_SAL_MAP.ipynb's custom student), else all
+    (P_2_SaliencyMap.ipynb used all 12 blocks of ViT-Tiny)."""
+    return [0, 2, 3] if depth == 4 else list(range(depth))
+
+
+def probe_gradient_maps(tokens: list[torch.Tensor], head: nn.Module, num_prefix: int,
+                        create_graph: bool) -> torch.Tensor:
+    """Per-class gradient maps of a linear probe on each layer's patch features -> (L, B, gh, gw, C), raw.
+
+    Replays SaliencyDistiller.compute_attention_map / saliency_loss of
+    P_2_OUR_STUDENT_SAL_MAP.ipynb (cell 1, lines 91-132) and P_2_SaliencyMap.ipynb (cell 1,
+    lines 101-142). Per captured block output (tokens[l], (B, N, D)): P = its patch tokens,
+    with no norm; probe logits = head(mean over patches of P), `head` being the model's final
+    class-token classifier; for every class c, w_c = the gradient of probe logit c w.r.t. P,
+    averaged over patches; map_c[patch] = sum over channels of ReLU(w_c * P[patch]).
+    probe_saliency_loss normalises the maps jointly over patches x classes per image.
+
+    Since the probe input is the patch mean z, mean_n d logit_c / d P_n = (d logit_c / d z) / n:
+    one small backward per class through the head alone. sum_k ReLU(w_k P_k) is computed as
+    ReLU(P) @ ReLU(w) + ReLU(-P) @ ReLU(-w) (exact, ReLU(ab) = ReLU(a)ReLU(b) + ReLU(-a)ReLU(-b)),
+    two matmuls instead of a (B, n, C, D) tensor. create_graph=True (the student, as in the
+    notebooks) keeps the maps differentiable w.r.t. the features and, second order, the head's
+    weights; False (the teacher) returns maps without a graph.
+    """
+    maps = []
+    with torch.autocast(tokens[0].device.type, enabled=False), torch.enable_grad():
+        for h in tokens:
+            P = h[:, num_prefix:].float()                                          # (B, n, D)
+            if not create_graph:
+                P = P.detach()
+            n = P.shape[1]
+            z = P.mean(dim=1)                                                      # (B, D)
+            if not z.requires_grad:
+                z.requires_grad_(True)
+            logits = head(z)                                                       # (B, C)
+            w = torch.stack([torch.autograd.grad(logits[:, c].sum(), z, retain_graph=True,
+                                                 create_graph=create_graph)[0]
+                             for c in range(logits.shape[1])], dim=1) / n          # (B, C, D)
+            if not create_graph:
+                w = w.detach()
+            m = (F.relu(P) @ F.relu(w).transpose(1, 2)
+                 + F.relu(-P) @ F.relu(-w).transpose(1, 2))                        # (B, n, C)
+            g = _square(n)
+            maps.append(m.reshape(m.shape[0], g, g, m.shape[-1]))
+    return torch.stack(maps)                                                       # (L, B, gh, gw, C)
+
+
+def probe_saliency_loss(student_maps: torch.Tensor, teacher_maps: torch.Tensor) -> torch.Tensor:
+    """saliency="probe": per-image min-max over patches x classes jointly, MSE per layer,
+    summed over layers (P_2_OUR_STUDENT_SAL_MAP.ipynb cell 1 lines 106-109 and 128; eps 1e-6).
+
+    Both map stacks come from the same layer indices (probe_layers). The notebooks' teacher and
+    student always had the same grid; here a finer teacher grid is area-pooled to the student's
+    before normalising, as saliency_loss does.
+    """
+    if len(student_maps) != len(teacher_maps):
+        raise ValueError(f"{len(student_maps)} student layers against {len(teacher_maps)} teacher layers")
+    t = area_pool_grid(teacher_maps.movedim(-1, -3), student_maps.shape[-3:-1]).movedim(-3, -1)
+    s, t = minmax_normalize(student_maps.flatten(0, 1), 1e-6), minmax_normalize(t.flatten(0, 1), 1e-6)
+    return ((s - t) ** 2).reshape(len(student_maps), -1).mean(dim=1).sum()
 
 # =============================================================================
 # 3. Losses
@@ -300,22 +422,43 @@ class IRKDLoss(nn.Module):
     """The student's whole objective; owns the frozen teacher and its forward pass.
 
         loss = (1 - alpha) * CE(cls head, y) + alpha * KD(dist head, teacher)
-               + gamma * MSE(rollout(student), rollout(teacher))
+               + gamma * Sal(student, teacher)
 
+    (the notebooks' code); loss_form="paper" is the paper's Eq. 1, CE + alpha * KD + gamma * Sal.
+
+    Sal by `saliency`: "rollout" MSE of min-max normalised attention-rollout maps (the
+    default); "grad" the same on token_gradcam maps (this repository's variant); "attn" and
+    "probe" replay the notebooks' two methods (attn_saliency_loss, probe_saliency_loss).
     Without a teacher it is plain cross-entropy (with optional label smoothing).
     """
 
     def __init__(self, teacher: nn.Module | None = None, *, alpha: float = 0.5, temperature: float = 4.0,
                  hard: bool = False, gamma: float = 0.0, label_smoothing: float = 0.0,
-                 saliency: str = "rollout"):
+                 saliency: str = "rollout", loss_form: str = "convex"):
         super().__init__()
+        if loss_form not in ("convex", "paper"):
+            raise ValueError(f"loss_form={loss_form!r}; valid: convex, paper")
+        # the weight of CE beside alpha * KD: 1 - alpha (the code), or 1 (the paper's Eq. 1)
+        self.ce_weight = 1 - alpha if loss_form == "convex" else 1.0
         self.teacher = teacher
         if teacher is not None:
             teacher.eval().requires_grad_(False)
         self.alpha, self.temperature, self.hard = alpha, temperature, hard
         self.gamma, self.label_smoothing, self.saliency = gamma, label_smoothing, saliency
-        # the student's forward must return its attention (rollout) or expose its tokens (grad)
-        self.needs_attn = teacher is not None and gamma > 0
+        if saliency not in SALIENCY:
+            raise ValueError(f"saliency={saliency!r}; valid: {', '.join(SALIENCY)}")
+        # what the student's forward must expose: the explicit attention path (rollout and attn
+        # read the probabilities; grad differentiates twice through the attention, which the
+        # fused kernels cannot) and/or chosen blocks' output tokens (grad, probe: token_layers)
+        on = teacher is not None and gamma > 0
+        self.needs_attn = on and saliency != "probe"
+        self.needs_tokens = on and saliency in ("grad", "probe")
+
+    def token_layers(self, depth: int) -> list[int]:
+        """The student's blocks whose output tokens this loss reads (train_step captures them)."""
+        if not self.needs_tokens:
+            return []
+        return grad_layers(depth) if self.saliency == "grad" else probe_layers(depth)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -323,12 +466,19 @@ class IRKDLoss(nn.Module):
             self.teacher.eval()  # frozen: no dropout, ever
         return self
 
-    def forward(self, outputs, internals, y, teacher_input=None):
-        """outputs: student logits, or (cls, dist) logits; y: labels (B,) or soft targets (B, C);
-        internals: the student's per-layer attention probabilities (saliency="rollout") or
-        its captured tokens (saliency="grad"), used only when gamma > 0.
+    def forward(self, outputs, internals, y, teacher_input=None, student=None):
+        """The loss of one batch -> (loss, parts), parts detached for logging.
 
-        Returns (loss, parts) with parts detached for logging.
+        Args:
+            outputs: the student's logits (B, C), or its (cls, dist) logits, each (B, C).
+            internals: what the saliency term reads, used only when gamma > 0: the student's
+                per-layer attention probabilities, each (B, heads, N, N) ("rollout",
+                "attn"), or its blocks' output tokens (B, N, D) at token_layers(depth)
+                ("grad", "probe").
+            y: labels (B,), or soft targets (B, C) (mixup / cutmix).
+            teacher_input: the teacher's view of the same images (B, 3, H, W): the student's
+                own view, or the 32-px one (teacher_res="full").
+            student: the student module; saliency="probe" only (its head is the probe).
         """
         cls_logits = outputs[0] if isinstance(outputs, tuple) else outputs
         ce = F.cross_entropy(cls_logits, y, label_smoothing=self.label_smoothing)
@@ -339,27 +489,49 @@ class IRKDLoss(nn.Module):
             with torch.no_grad():
                 t_logits = self.teacher(teacher_input)
         else:
-            t_logits, t_map = self.teacher_saliency(teacher_input, y)
+            if self.saliency == "probe" and student is None:
+                raise ValueError("saliency='probe' needs student= (its head is the probe)")
+            layers = self.token_layers(len(student.blocks)) if self.saliency == "probe" else None
+            t_logits, t_map = self.teacher_saliency(teacher_input, y, layers)
         kd = kd_loss(outputs[1], t_logits, self.temperature, self.hard)
-        loss = (1 - self.alpha) * ce + self.alpha * kd
+        loss = self.ce_weight * ce + self.alpha * kd
         parts["kd"] = kd.detach()
         if self.gamma > 0:
             if self.saliency == "rollout":
                 s_map = attention_rollout(internals, num_prefix=2)           # student: cls row
-            else:
+                sal = saliency_loss(s_map, t_map)
+            elif self.saliency == "grad":
                 s_map = token_gradcam(cls_logits, internals, y, num_prefix=2, create_graph=True)
-            sal = saliency_loss(s_map, t_map)
+                sal = saliency_loss(s_map, t_map)
+            elif self.saliency == "attn":
+                sal = attn_saliency_loss(cls_attention_maps(internals, num_prefix=2), t_map)
+            else:                                                            # probe
+                s_maps = probe_gradient_maps(internals, student.head, num_prefix=2, create_graph=True)
+                sal = probe_saliency_loss(s_maps, t_map)
             loss = loss + self.gamma * sal
             parts["sal"] = sal.detach()
         return loss, parts
 
-    def teacher_saliency(self, x: torch.Tensor, y: torch.Tensor):
-        """The teacher's logits and saliency map, both without a graph to the student."""
+    def teacher_saliency(self, x: torch.Tensor, y: torch.Tensor, layers: list[int] | None = None):
+        """The teacher's logits and saliency map(s), both without a graph to the student.
+
+        layers: saliency="probe" only, the student's probe layers, read at the same indices
+        (as the notebooks did); None = probe_layers of the teacher's own depth.
+        """
         t = self.teacher
-        if self.saliency == "rollout":
+        if self.saliency in ("rollout", "attn"):
             with torch.no_grad():
                 logits, attn = t(x, return_attn=True)
+            if self.saliency == "attn":
+                return logits, cls_attention_maps(attn, num_prefix=t.num_prefix)   # (L, B, gh, gw)
             return logits, attention_rollout(attn, num_prefix=t.num_prefix)
+        if self.saliency == "probe":
+            layers = probe_layers(len(t.blocks)) if layers is None else layers
+            if max(layers) >= len(t.blocks):
+                raise ValueError(f"saliency='probe' reads blocks {layers}; the teacher has {len(t.blocks)}")
+            with torch.no_grad(), capture_tokens(t, layers) as tokens:
+                logits = t(x)
+            return logits, probe_gradient_maps(tokens, t.head, t.num_prefix, create_graph=False)
         # Grad-CAM needs gradients inside the frozen teacher: take them w.r.t. its tokens only.
         with torch.enable_grad(), capture_tokens(t, grad_layers(len(t.blocks))) as tokens:
             logits = t(x.detach().requires_grad_(True))
@@ -400,12 +572,15 @@ class Config:
     erasing: float = 0.0               # random-erasing probability per image (teacher recipe)
     # distillation
     alpha: float = 0.5
+    loss_form: str = "convex"          # "convex": (1 - alpha) CE + alpha KD; "paper": CE + alpha KD
     temperature: float = 4.0
     hard_kd: bool = False
     gamma: float = 0.8
-    saliency: str = "rollout"          # "rollout" (attention rollout) or "grad" (the original Grad-CAM)
+    saliency: str = "rollout"          # a key of SALIENCY: "rollout" (attention rollout), "grad" (token Grad-CAM,
+                                       # this repo's), "attn" / "probe" (the notebooks' two, see section 2)
     teacher: str = ""                  # checkpoint path; empty = the cached default teacher
     teacher_model: str = "small"       # the teacher's preset (its recipe is in teacher.py)
+    teacher_patch: int = 0             # the teacher's patch size; 0 = the student's
     teacher_epochs: int = 135
     teacher_res: str = "same"          # "same": the student's view; "full": the 32-px view
     # what is reported, and which weights
@@ -448,8 +623,9 @@ class Config:
         if self.epochs < 1 or self.batch_size < 1:
             bad("epochs and batch_size must be positive")
         choices = dict(resize_mode=("resize", "crop"), schedule=("constant", "onecycle"),
-                       teacher_res=("same", "full"), saliency=("rollout", "grad"),
-                       augment=("crop_flip", "none"), head=("avg", "cls"), select=("last", "best"))
+                       teacher_res=("same", "full"), saliency=SALIENCY,
+                       augment=("crop_flip", "none"), head=("avg", "cls"), select=("last", "best"),
+                       loss_form=("convex", "paper"))
         for k, valid in choices.items():
             if getattr(self, k) not in valid:
                 bad(f"{k}={getattr(self, k)!r}; valid: {', '.join(valid)}")
@@ -458,11 +634,19 @@ class Config:
         if (self.mixup or self.randaug or self.erasing) and self.kd:
             bad("mixup, randaug and erasing are part of the teacher recipe; they cannot be combined with kd "
                 "(the teacher would have to see the same altered images)")
+        if self.compile and self.sal and self.saliency == "probe":
+            bad("compile=True is not supported with saliency='probe' (forward hooks on compiled "
+                "graphs are untested here); use --compile=false or --saliency=rollout")
         if self.compile and self.sal and self.saliency == "grad":
             bad("compile=True cannot run saliency='grad': compiled graphs have no second-order "
                 "gradients; use --compile=false or --saliency=rollout")
         if not 0 <= self.erasing <= 1:
             bad(f"erasing={self.erasing} is a probability; choose a value in [0, 1]")
+        t_patch = self.teacher_patch or self.patch_size
+        if self.kd and (32 % t_patch or (self.teacher_res == "same" and self.cl
+                                         and any(r % t_patch for r in self.resolutions))):
+            bad(f"teacher_patch={t_patch} must divide 32 and, with teacher_res='same', every "
+                f"curriculum resolution {self.resolutions}")
         if any(not 1 <= e <= self.epochs for e in self.test_epochs):
             bad(f"test_epochs={self.test_epochs}: each must be an epoch in 1..{self.epochs}")
 
@@ -502,11 +686,11 @@ def load_model(path: str, device: torch.device | str = "cpu") -> tuple[ViT, dict
         model = build_model(**ckpt["model_args"])
         model.load_state_dict(ckpt["model"])
     except FileNotFoundError:
-        raise FileNotFoundError(f"no checkpoint at {path}; train it first (python teacher.py) "
-                                f"or pass --teacher=PATH") from None
+        raise FileNotFoundError(f"no checkpoint at {path}; pass the model.pt of a trained run") from None
     except Exception as e:
-        raise ValueError(f"{path} is not a usable IRKD checkpoint ({type(e).__name__}: {e}); "
-                         f"delete it and train again") from e
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""  # torch's text is long
+        raise ValueError(f"{path} is not a model.pt written by this project ({type(e).__name__}: "
+                         f"{reason}); pass the model.pt of a trained teacher (runs/teacher_*/model.pt)") from e
     return model.to(device), ckpt
 
 
@@ -535,14 +719,15 @@ def train_step(model: nn.Module, loss_fn: IRKDLoss, opt: torch.optim.Optimizer, 
     """
     for group in opt.param_groups:
         group["lr"] = lr
-    # Grad-CAM reads chosen blocks' output tokens; rollout reads the attention probabilities
-    layers = grad_layers(len(model.blocks)) if loss_fn.needs_attn and loss_fn.saliency == "grad" else []
+    # grad and probe read chosen blocks' output tokens; rollout and attn the attention probabilities
+    layers = loss_fn.token_layers(len(model.blocks))
     on_cuda = x.device.type == "cuda"
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=on_cuda), \
             capture_tokens(model, layers) as tokens:
         out = model(x, return_attn=loss_fn.needs_attn)
         out, attns = out if loss_fn.needs_attn else (out, None)
-        loss, parts = loss_fn(out, tokens if layers else attns, target, teacher_input=teacher_input)
+        loss, parts = loss_fn(out, tokens if layers else attns, target, teacher_input=teacher_input,
+                              student=model)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -575,7 +760,7 @@ def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = 
     step_model, step_teacher = (runs.maybe_compile(m, cfg.compile, device) for m in (model, teacher))
     loss_fn = IRKDLoss(step_teacher, alpha=cfg.alpha, temperature=cfg.temperature, hard=cfg.hard_kd,
                        gamma=cfg.gamma if cfg.sal else 0.0, label_smoothing=cfg.label_smoothing,
-                       saliency=cfg.saliency)
+                       saliency=cfg.saliency, loss_form=cfg.loss_form)
     # every random draw of the data comes from these three generators, all saved in checkpoints
     sampler = data_lib.EpochSampler(len(d["train_x"]), cfg.batch_size, cfg.seed, device)
     mix_gen = torch.Generator().manual_seed(cfg.seed + 1)

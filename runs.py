@@ -12,6 +12,7 @@ method. Imports nothing of the project.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import hashlib
@@ -159,17 +160,50 @@ def make_run_dir(out: str, name: str) -> str:
     return run_dir
 
 
+def check_run_dir(cfg) -> None:
+    """Refuse to start over a finished run unless asked by name (--overwrite=true)."""
+    run_dir = os.path.join(cfg.out, cfg.name)
+    if not cfg.resume and os.path.exists(os.path.join(run_dir, "results.json")) and not cfg.overwrite:
+        raise ValueError(f"{run_dir} holds a finished run; --resume=false would overwrite it. Pass "
+                         f"--overwrite=true to replace it, or choose another --name or --out")
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: str, what: str = "this work"):
+    """Hold an exclusive lock on lock_path (fcntl.flock): one process at a time inside, the
+    others wait. The lock goes with the process, so a killed holder never blocks the rest.
+    Where there is no fcntl (Windows), no lock."""
+    os.makedirs(os.path.dirname(lock_path) or ".", exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(lock_path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting: another process is {what} (lock {lock_path})", flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def load_checkpoint(path: str) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise ValueError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e}); delete it "
-                         f"to start the run over, or re-run with --resume=false") from e
+        raise ValueError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: "
+                         f"{str(e).strip()[:160]}); delete it to start the run over, or re-run with "
+                         f"--resume=false") from e
 
 
-# Config fields that may change between a run and its resumption (where and how
-# fast it runs, not what it computes).
-RESUMABLE_CHANGES = {"device", "resume", "data", "compile", "overwrite", "head", "select"}
+# Config fields that may change between a run and its resumption: where and how fast it
+# runs, and what it reports, not what it computes. "out" is where the checkpoint was found,
+# however it is spelled (./runs, an absolute path, a moved directory).
+RESUMABLE_CHANGES = {"device", "resume", "data", "compile", "overwrite", "head", "select", "out"}
 
 
 def resume_state(cfg, run_dir: str, teacher_info: dict | None) -> dict | None:
@@ -210,6 +244,7 @@ class Run:
     def __init__(self, cfg, *, teacher_info: dict | None = None):
         self.cfg, self.teacher_info = cfg, teacher_info
         self.device = setup_device(cfg.device)
+        check_run_dir(cfg)
         self.dir = make_run_dir(cfg.out, cfg.name)
         self.ckpt = resume_state(cfg, self.dir, teacher_info)
         self.commit = git_commit()

@@ -4,13 +4,13 @@
     python teacher.py --patch_size=2  # patch 2 (runs/teacher_small_p2/)
     python teacher.py --quick         # a small teacher in a few minutes on a CPU
 
-The recipe follows the paper's (DESIGN.md §2): mixup (alpha 0.2) or cutmix
+The recipe follows the paper's: mixup (alpha 0.2) or cutmix
 (alpha 1.0) on alternate batches at random, label smoothing 0.01, AdamW with
 weight decay 2e-4, a warm-up + cosine schedule peaking at 4e-4, 135 epochs.
 In place of the original's AutoAugment, TrivialAugment (one random op per image,
-data_lib.trivial_augment) and random erasing are there as switches (--randaug
+data.trivial_augment) and random erasing are there as switches (--randaug
 --erasing=0.25), off by default: measured on the CPU protocol's teacher they cost
-2.9 points (README, "Teacher recipe"); on ViT-Small with all data they are untested.
+2.9 points (docs/reproducing.md, "Teacher recipe"); on ViT-Small with all data they are untested.
 Students find their teacher through ensure_teacher(): the cached checkpoint for
 their patch size, trained on the spot when it does not exist yet.
 """
@@ -20,6 +20,11 @@ import dataclasses
 import os
 import sys
 import time
+
+# OpenMP threads that busy-wait between parallel regions make two processes on a shared CPU
+# slow each other down several-fold (README, "Speed on a shared machine"); waiting passively
+# costs little on an idle one. Set before torch is imported; an explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
@@ -63,7 +68,7 @@ def quick_sizes(preset: str, patch_size: int, epochs: int) -> dict:
 
 
 def default_path(cfg: irkd.Config) -> str:
-    t = teacher_config(cfg.patch_size, quick=cfg.quick, base=cfg)
+    t = teacher_config(cfg.teacher_patch or cfg.patch_size, quick=cfg.quick, base=cfg)
     return os.path.join(t.out, t.name, "model.pt")
 
 
@@ -104,20 +109,28 @@ def ensure_teacher(cfg: irkd.Config, data: dict | None = None):
     size, trained first when missing. A checkpoint of another preset or patch size
     is refused: the student would silently distil from the wrong model.
     """
-    tcfg = teacher_config(cfg.patch_size, quick=cfg.quick, base=cfg)   # the recipe of the default
+    patch = cfg.teacher_patch or cfg.patch_size                        # the teacher's own grid
+    tcfg = teacher_config(patch, quick=cfg.quick, base=cfg)            # the recipe of the default
     path = cfg.teacher or default_path(cfg)
     expected = QUICK_PRESET if cfg.quick and not cfg.teacher else cfg.teacher_model
-    if not cfg.teacher and not os.path.exists(path):
-        print(f"no teacher at {path}: it is trained first", flush=True)
-        train_teacher(tcfg, data)
+    if not cfg.teacher:
+        # one process trains a missing teacher; another that needs it waits for it, then loads it
+        with runs.exclusive(os.path.dirname(path) + ".lock", f"training {tcfg.name}"):
+            if not os.path.exists(path):
+                print(f"no teacher at {path}: it is trained first", flush=True)
+                train_teacher(tcfg, data)
+    elif not os.path.exists(path):
+        raise FileNotFoundError(f"--teacher={path}: no such file. Pass the model.pt of a trained teacher "
+                                f"(runs/teacher_*/model.pt), or leave --teacher out to use the default "
+                                f"teacher of this experiment, which is trained first when missing")
     model, ckpt = irkd.load_model(path)
     args = ckpt["model_args"]
-    if args["preset"] != expected or args["patch_size"] != cfg.patch_size or args["distill_token"]:
+    if args["preset"] != expected or args["patch_size"] != patch or args["distill_token"]:
         raise ValueError(
             f"teacher checkpoint {path} is a {args['preset']} model with patch {args['patch_size']}"
             f"{' and a distillation token' if args['distill_token'] else ''}; this experiment needs a "
-            f"{expected} teacher with patch {cfg.patch_size} (train it with "
-            f"`python teacher.py --patch_size={cfg.patch_size}` or pass --teacher=PATH and --teacher_model=PRESET)")
+            f"{expected} teacher with patch {patch} (train it with "
+            f"`python teacher.py --patch_size={patch}` or pass --teacher=PATH and --teacher_model=PRESET)")
     recipe = {k: ckpt.get("config", {}).get(k, False) for k in RECIPE}
     if not cfg.teacher:  # the cached default must have today's recipe, not an older one
         want = {k: getattr(tcfg, k) for k in RECIPE}

@@ -1,6 +1,11 @@
-"""Shared fixtures: small synthetic CIFAR-10 data, in memory or written in the official format.
+"""Shared fixtures and helpers for every test module (no test module imports another).
 
-Nothing here touches the network. The "easy" task gives each class its own colour
+Small synthetic CIFAR-10 data, in memory or written in the official format; a tiny ViT
+(`tiny_vit`) and a small training Config (`small_cfg`); `read_log` for a run's log.jsonl;
+`crop_flip_oracle`, the loop oracle for data.random_crop_flip; and `no_data_no_training`,
+which makes any attempt to load data or train fail. Nothing here touches the network.
+
+The "easy" task gives each class its own colour
 and a bright stripe at a class-specific place, plus noise, so a tiny ViT learns it
 in a few CPU seconds; the "random" task is noise with random labels (shapes only).
 """
@@ -15,9 +20,12 @@ import sys
 # little when the machine is idle. Set before torch is imported; an explicit setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import json  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -25,8 +33,13 @@ if ROOT not in sys.path:
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+import data as data_lib  # noqa: E402
+import irkd  # noqa: E402
+import teacher as teacher_lib  # noqa: E402
+
 CIFAR_DIR = "cifar-10-batches-py"
-CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+           "truck"]
 
 # Ten well separated colours (RGB, 0..255).
 PALETTE = np.array([
@@ -44,15 +57,16 @@ def make_images(n: int, kind: str = "easy", seed: int = 0) -> tuple[np.ndarray, 
     if kind != "easy":
         raise ValueError(kind)
     img = np.broadcast_to(PALETTE[labels][:, :, None, None], (n, 3, 32, 32)).copy()
-    img *= 0.7                                            # leave room for the stripe
-    for c in range(10):                                   # a bright horizontal stripe, per-class row band
+    img *= 0.7                                    # leave room for the stripe
+    for c in range(10):                           # a bright horizontal stripe, per-class row band
         rows = slice(3 * c + 1, 3 * c + 4)
         img[labels == c, :, rows, :] = 255.0
     img += rng.normal(0.0, 20.0, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8), labels
 
 
-def make_data(n_train: int, n_test: int, kind: str = "easy", seed: int = 0) -> dict[str, torch.Tensor]:
+def make_data(n_train: int, n_test: int, kind: str = "easy",
+              seed: int = 0) -> dict[str, torch.Tensor]:
     """The dict load_cifar10() returns, synthetic: train_x, train_y, test_x, test_y."""
     tx, ty = make_images(n_train, kind, seed)
     sx, sy = make_images(n_test, kind, seed + 1)
@@ -70,7 +84,8 @@ def write_batch(path: str, images: np.ndarray, labels) -> None:
         pickle.dump(d, f, protocol=2)
 
 
-def write_cifar(root, n_per_batch: int = 40, n_test: int = 40, kind: str = "easy", seed: int = 0) -> dict:
+def write_cifar(root, n_per_batch: int = 40, n_test: int = 40, kind: str = "easy",
+                seed: int = 0) -> dict:
     """Write cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} under root.
 
     Returns the arrays written: {"train_x", "train_y", "test_x", "test_y"} (numpy, train
@@ -87,8 +102,8 @@ def write_cifar(root, n_per_batch: int = 40, n_test: int = 40, kind: str = "easy
     tx, ty = make_images(n_test, kind, seed + 100)
     write_batch(os.path.join(folder, "test_batch"), tx, ty)
     with open(os.path.join(folder, "batches.meta"), "wb") as f:
-        pickle.dump({"label_names": CLASSES, "num_cases_per_batch": n_per_batch, "num_vis": 3072}, f,
-                    protocol=2)
+        pickle.dump({"label_names": CLASSES, "num_cases_per_batch": n_per_batch,
+                     "num_vis": 3072}, f, protocol=2)
     return dict(train_x=np.concatenate(xs), train_y=np.concatenate(ys), test_x=tx, test_y=ty)
 
 
@@ -104,3 +119,46 @@ def train_data():
     """In-memory data for train(): split_train_val always holds out 5,000 images for
     validation, so 5,000 + 512 training images leave 512 for training; easy task."""
     return make_data(5000 + 512, 200, kind="easy", seed=0)
+
+
+@pytest.fixture
+def no_data_no_training(monkeypatch):
+    """A CLI test that got past argument checking must not download or train."""
+    def refuse(*a, **kw):
+        raise AssertionError("this test should have stopped before loading data or training")
+    monkeypatch.setattr(data_lib, "download_cifar10", refuse)
+    monkeypatch.setattr(data_lib, "load_cifar10", refuse)
+    monkeypatch.setattr(irkd, "train", refuse)
+    monkeypatch.setattr(teacher_lib, "estimate_seconds", refuse)
+
+
+# ----------------------------------------------------------------------------- models, configs
+
+def tiny_vit(patch_size=4, distill_token=False, **kw):
+    """A 2-block, 32-dim ViT: fast enough to build in every test."""
+    return irkd.ViT(dim=32, depth=2, heads=2, mlp_dim=64, patch_size=patch_size,
+                    distill_token=distill_token, **kw)
+
+
+def small_cfg(tmp_path, **kw):
+    """A two-stage curriculum (8 then 16 px), 2 epochs, 64 training images: 2 steps/epoch."""
+    base = dict(name="t", model="custom", cl=True, resolutions=(8, 16), epochs=2, batch_size=32,
+                train_size=64, val_size=32, test_size=64, out=str(tmp_path), device="cpu", seed=0)
+    return irkd.Config(**(base | kw))
+
+
+def read_log(run_dir):
+    """The rows of a run's log.jsonl, one dict per epoch."""
+    with open(os.path.join(run_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def crop_flip_oracle(x, offsets, flips, size):
+    """data.random_crop_flip one image at a time: pad 4 zeros, crop at offsets, maybe flip."""
+    out = []
+    padded = F.pad(x, (4, 4, 4, 4))
+    for b in range(len(x)):
+        r, c = offsets[b].tolist()
+        img = padded[b, :, r:r + size, c:c + size]
+        out.append(img.flip(-1) if flips[b] else img)
+    return torch.stack(out)

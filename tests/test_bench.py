@@ -1,14 +1,21 @@
-"""bench.py: a tiny run writes the documented JSON; the FLOP count and the curriculum ideal."""
+"""bench.py: the FLOP count, the curriculum ideal, option parsing, a tiny run that writes the
+documented JSON, and a training step that never reads a tensor on the host.
+
+Oracles: token counts N = prefix + (r/4)^2 summed by hand for the ideal curriculum ratio
+(211/396 with the dist token); the forward FLOP formula written out for the custom preset and
+checked against the model's own linear-layer weights; a synthetic report whose step times are
+proportional to the tokens gives exactly the ideal; Tensor methods that read on the host
+patched to fail inside the step (the CPU stand-in for "no host synchronisation").
+"""
+import contextlib
+import io
 import json
-import subprocess
-import sys
 
 import pytest
 
 import bench
 import data as data_lib
 import irkd
-
 
 def test_ideal_curriculum_ratio():
     # patch 4, cls + dist token: N = 2 + (r/4)^2 for r = 12..32
@@ -21,15 +28,18 @@ def test_ideal_curriculum_ratio():
 def test_forward_flops_formula():
     # custom (D=128, depth 4, M=256), 32 px, patch 4, two prefix tokens: N = 66, 64 patches
     D, M, N = 128, 256, 66
-    expected = 2 * 64 * 3 * 16 * D + 4 * (2 * N * (4 * D * D + 2 * D * M) + 4 * N * N * D) + 2 * D * 10 * 2
+    expected = (2 * 64 * 3 * 16 * D + 4 * (2 * N * (4 * D * D + 2 * D * M) + 4 * N * N * D)
+                + 2 * D * 10 * 2)
     assert bench.forward_flops("custom", 32, 4, 2) == expected
     # the linear layers' weights are the parameters that meet every token
     model = irkd.build_model("custom", patch_size=4)
     linear = sum(m.weight.numel() for m in model.blocks.modules() if isinstance(m, irkd.nn.Linear))
     assert linear == 4 * (4 * D * D + 2 * D * M)
-    ce, kd = bench.step_flops("custom", "CE", 32, 4, 32), bench.step_flops("custom", "KD", 32, 4, 32)
+    ce = bench.step_flops("custom", "CE", 32, 4, 32)
+    kd = bench.step_flops("custom", "KD", 32, 4, 32)
     assert ce == 3 * bench.forward_flops("custom", 32, 4, 1)
-    assert kd == 3 * bench.forward_flops("custom", 32, 4, 2) + bench.forward_flops("small", 32, 4, 1)
+    assert kd == (3 * bench.forward_flops("custom", 32, 4, 2)
+                  + bench.forward_flops("small", 32, 4, 1))
 
 
 def test_parse_args_plans():
@@ -39,25 +49,41 @@ def test_parse_args_plans():
     assert not full["quick"] and full["plan"]["small"][0] == irkd.RESOLUTIONS
     o = bench.parse_args(["--presets=custom", "--steps=2", "--resolutions=12,32"])
     assert o["plan"] == {"custom": ((12, 32), 2)} and o["overhead_res"] == (12, 32)
-    for bad in (["--presets=huge"], ["--modes=XX"], ["--nope=1"], ["--resolutions=13"], ["--steps=x"]):
+    for bad in (["--presets=huge"], ["--modes=XX"], ["--nope=1"], ["--resolutions=13"],
+                ["--steps=x"]):
         with pytest.raises(ValueError):
             bench.parse_args(bad)
 
 
-def test_bench_tiny_run_writes_json(tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    rc = bench.main(["--presets=custom", "--steps=1", "--warmup=0", "--resolutions=12,32",
-                     "--batch_size=8", "--patience=0", "--malloc=system", f"--out={out}"])
+@pytest.fixture(scope="module")
+def tiny_bench(tmp_path_factory):
+    """bench.main on the custom preset, one step at 12 and 32 px: (rc, report, printed)."""
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        rc = bench.main(["--presets=custom", "--steps=1", "--warmup=0", "--resolutions=12,32",
+                         "--batch_size=8", "--patience=0", "--malloc=system", f"--out={out}"])
+    return rc, json.loads(out.read_text()), printed.getvalue()
+
+
+def test_bench_tiny_run_writes_json(tiny_bench):
+    rc, rep, printed = tiny_bench
     assert rc == 0
-    rep = json.loads(out.read_text())
-    printed = capsys.readouterr().out
     assert "training images/s" in printed and "pipeline overhead" in printed
-    for key in ("meta", "peak", "teacher_forward", "train", "overhead", "sal_over_kd", "curriculum",
-                "mfu_32", "targets", "ideal_curriculum_ratio", "host_sync_free"):
+    for key in ("meta", "peak", "teacher_forward", "train", "overhead", "sal_over_kd",
+                "curriculum", "mfu_32", "targets", "ideal_curriculum_ratio", "host_sync_free"):
         assert key in rep, key
     assert rep["host_sync_free"] is None                # checked on CUDA only
     assert rep["peak"]["flops_per_s"] > 0
     assert rep["ideal_curriculum_ratio"] == pytest.approx(211 / 396)
+    assert rep["sal_over_kd"]["custom"]["summed"] > 0
+    assert rep["curriculum"] == {}                 # needs all six resolutions
+    assert set(rep["targets"]) == {"pipeline_overhead", "sal_over_kd"}
+    assert rep["mfu_32"]["custom"]["KD"] > 0
+
+
+def test_bench_tiny_run_cells(tiny_bench):
+    _, rep, _ = tiny_bench
     for mode in ("CE", "KD", "KD+Sal"):
         for r in ("12", "32"):
             cell = rep["train"]["custom"][mode][r]
@@ -69,10 +95,6 @@ def test_bench_tiny_run_writes_json(tmp_path, capsys):
     for r in ("12", "32"):
         assert rep["teacher_forward"][r]["images_per_s"] > 0
         assert rep["teacher_forward"][r]["explicit_images_per_s"] > 0
-    assert rep["sal_over_kd"]["custom"]["summed"] > 0
-    assert rep["curriculum"] == {}                 # needs all six resolutions
-    assert set(rep["targets"]) == {"pipeline_overhead", "sal_over_kd"}
-    assert rep["mfu_32"]["custom"]["KD"] > 0
 
 
 def test_curriculum_ratio_from_step_times():
@@ -81,27 +103,16 @@ def test_curriculum_ratio_from_step_times():
     train = {"custom": {"KD": {str(r): dict(step_s=float(bench.num_tokens(r, 4, 2)), mfu=0.1,
                                             images_per_s=1.0, flops_per_s=1.0)
                                for r in irkd.RESOLUTIONS}}}
-    rep = bench.summarise(opts, irkd.torch.device("cpu"), dict(flops_per_s=1.0, dtype="float32", n=1, seconds=1.0),
-                          {}, train, {})
+    peak = dict(flops_per_s=1.0, dtype="float32", n=1, seconds=1.0)
+    rep = bench.summarise(opts, irkd.torch.device("cpu"), peak, {}, train, {})
     c = rep["curriculum"]["custom"]["KD"]
     assert c["ratio"] == pytest.approx(211 / 396) and abs(c["rel_err"]) < 1e-12
     assert rep["targets"]["curriculum"]["met"]
 
 
-def test_keep_freed_memory_runs_in_a_fresh_process():
-    # process-wide and irreversible, so not in the test process itself
-    code = "import runs, platform; ok = runs.keep_freed_memory(); print(ok, platform.libc_ver()[0])"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         cwd=bench.os.path.dirname(bench.os.path.abspath(bench.__file__)))
-    assert out.returncode == 0, out.stderr
-    ok, libc = out.stdout.split()
-    assert ok == ("True" if libc == "glibc" else "False")
-
-
-@pytest.mark.parametrize("mode", bench.MODES)
-def test_pipeline_step_never_reads_a_tensor_on_the_host(monkeypatch, mode):
-    # The CPU stand-in for "no host synchronisation inside the step": on CUDA each of these
-    # would make the host wait for the GPU. (SGD, because AdamW reads its own step counter.)
+def pipeline_cell(mode):
+    """A tiny student (and teacher for KD modes) in a bench.Cell with SGD, plus its data and
+    one batch of 8 from the sampler."""
     torch = irkd.torch
     torch.manual_seed(0)
     kd = mode != "CE"
@@ -110,13 +121,24 @@ def test_pipeline_step_never_reads_a_tensor_on_the_host(monkeypatch, mode):
     loss_fn = irkd.IRKDLoss(teacher, gamma=0.8 if mode == "KD+Sal" else 0.0)
     cell = bench.Cell(student, loss_fn, torch.optim.SGD(student.parameters(), lr=0.1), mode)
     cell.sums = torch.zeros(5)
-    data = dict(x=torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8), y=torch.randint(0, 10, (16,)), lr=0.1)
+    data = dict(x=torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8),
+                y=torch.randint(0, 10, (16,)), lr=0.1)
     batch = next(data_lib.EpochSampler(16, 8, seed=0, device=torch.device("cpu")).epoch())
+    return cell, data, batch
+
+
+@pytest.mark.parametrize("mode", bench.MODES)
+def test_pipeline_step_never_reads_a_tensor_on_the_host(monkeypatch, mode):
+    # The CPU stand-in for "no host synchronisation inside the step": on CUDA each of these
+    # would make the host wait for the GPU. (SGD, because AdamW reads its own step counter.)
+    torch = irkd.torch
+    cell, data, batch = pipeline_cell(mode)
 
     def host_read(*args, **kwargs):
         raise AssertionError("a tensor was read on the host inside the training step")
 
-    for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__"):
+    for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__",
+                 "__index__"):
         monkeypatch.setattr(torch.Tensor, name, host_read)
     for res in (12, 32):
         bench.pipeline_step(cell, data, batch, res, "same")

@@ -1,5 +1,14 @@
-"""Data: the CIFAR-10 python-format loader, the fixed split, errors, the download path
-(on a local file:// archive, never the network), augmentation and views."""
+"""data.py, loading and views: the CIFAR-10 python-format loader, the fixed train/val split,
+clear DataErrors, the download path (on a local file:// archive, never the network), and the
+per-batch pipeline (random_crop_flip, resize, normalize, EpochSampler, make_views). The teacher
+recipe's augmentation section of data.py is documented in test_augment.py.
+
+Oracles: batches written by the test in the official format (conftest.write_cifar) and read
+back byte for byte, with one channel-major row built by hand; indices recovered through a
+tagged tensor for the split; hostile tar members that must not be extracted; the loop oracle
+conftest.crop_flip_oracle (pad, crop, flip one image at a time); constants and a one-pixel
+checkerboard for the antialiased resize; MEAN / STD by hand for normalize.
+"""
 import io
 import os
 import pickle
@@ -8,11 +17,9 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import data as data_lib
-import irkd
-from conftest import CIFAR_DIR, write_cifar
+from conftest import CIFAR_DIR, crop_flip_oracle, write_cifar
 
 
 # ----------------------------------------------------------------------------- loader
@@ -53,7 +60,8 @@ def test_split_train_val_deterministic(cifar_root):
     tx, ty, vx, vy = data_lib.split_train_val(x, y, val_size=20, seed=42)
     assert tx.shape == (180, 3, 32, 32) and vx.shape == (20, 3, 32, 32)
     tx2, ty2, vx2, vy2 = data_lib.split_train_val(x, y, val_size=20, seed=42)
-    assert torch.equal(tx, tx2) and torch.equal(vx, vx2) and torch.equal(ty, ty2) and torch.equal(vy, vy2)
+    assert torch.equal(tx, tx2) and torch.equal(vx, vx2)
+    assert torch.equal(ty, ty2) and torch.equal(vy, vy2)
     # recover indices through a tagged tensor: disjoint, complete, seed-dependent
     idx = torch.arange(200)
     ti, _, vi, _ = data_lib.split_train_val(idx, idx, val_size=20, seed=42)
@@ -101,6 +109,14 @@ def test_malformed_batch_raises(cifar_root, bad):
     root, _ = cifar_root
     with open(os.path.join(root, CIFAR_DIR, "test_batch"), "wb") as f:
         pickle.dump(bad, f)
+    with pytest.raises(data_lib.DataError, match="test_batch"):
+        data_lib.load_cifar10(root, download=False)
+
+
+def test_empty_batch_raises_data_error(cifar_root):
+    root, _ = cifar_root
+    with open(os.path.join(root, CIFAR_DIR, "test_batch"), "wb") as f:
+        pickle.dump({"data": np.zeros((0, 3072), np.uint8), "labels": []}, f)
     with pytest.raises(data_lib.DataError, match="test_batch"):
         data_lib.load_cifar10(root, download=False)
 
@@ -164,7 +180,8 @@ def test_download_extracts_only_expected_members(tmp_path, capsys):
 def test_download_unreachable_url(tmp_path, capsys):
     root = tmp_path / "data"
     with pytest.raises(data_lib.DataError) as e:
-        data_lib.download_cifar10(str(root), url=(tmp_path / "missing.tar.gz").as_uri(), md5="0" * 32)
+        data_lib.download_cifar10(str(root), url=(tmp_path / "missing.tar.gz").as_uri(),
+                                  md5="0" * 32)
     assert os.path.join(str(root), CIFAR_DIR) in str(e.value)  # says where to put the files
     assert leftovers(root) == []
 
@@ -196,17 +213,7 @@ def test_load_cifar10_downloads_when_missing(tmp_path, monkeypatch, capsys):
     assert calls == [root]                               # present now: no second download
 
 
-# ----------------------------------------------------------------------------- augmentation
-
-def crop_flip_oracle(x, offsets, flips, size):
-    out = []
-    padded = F.pad(x, (4, 4, 4, 4))
-    for b in range(len(x)):
-        r, c = offsets[b].tolist()
-        img = padded[b, :, r:r + size, c:c + size]
-        out.append(img.flip(-1) if flips[b] else img)
-    return torch.stack(out)
-
+# ----------------------------------------------------------------------------- views
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
 def test_random_crop_flip_fixed_offsets(dtype):
@@ -243,9 +250,11 @@ def test_resize():
         y = data_lib.resize(x, res)
         assert y.shape == (2, 3, res, res) and y.dtype == torch.float32
     const = torch.full((1, 3, 32, 32), 0.7)
-    torch.testing.assert_close(data_lib.resize(const, 12), torch.full((1, 3, 12, 12), 0.7), atol=1e-6, rtol=0)
+    torch.testing.assert_close(data_lib.resize(const, 12), torch.full((1, 3, 12, 12), 0.7),
+                               atol=1e-6, rtol=0)
     # antialiased: a one-pixel checkerboard averages out instead of aliasing
-    checker = ((torch.arange(32)[:, None] + torch.arange(32)[None]) % 2).float().expand(1, 3, 32, 32)
+    checker = (torch.arange(32)[:, None] + torch.arange(32)[None]) % 2
+    checker = checker.float().expand(1, 3, 32, 32)
     small = data_lib.resize(checker, 16)
     assert (small - 0.5).abs().max() < 0.15
 
@@ -259,11 +268,17 @@ def test_normalize():
         assert abs(n[0, c, 1, 1].item() - (1 - data_lib.MEAN[c]) / data_lib.STD[c]) < 1e-5
 
 
-def test_make_views():
+def views_batch():
+    """4 uint8 images, crop offsets in 0..8 and flips, from seed 0."""
     torch.manual_seed(0)
     x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     offsets = torch.randint(0, 9, (4, 2))
     flips = torch.tensor([True, False, False, True])
+    return x, offsets, flips
+
+
+def test_make_views_resize():
+    x, offsets, flips = views_batch()
     full = data_lib.normalize(crop_flip_oracle(x, offsets, flips, 32))
     for res in (12, 16, 32):
         xs, xt = data_lib.make_views(x, offsets, flips, res, "resize", full_view=True)
@@ -272,9 +287,15 @@ def test_make_views():
         torch.testing.assert_close(data_lib.resize(xt, res), xs, atol=1e-6, rtol=0)
         xs2, none = data_lib.make_views(x, offsets, flips, res, "resize", full_view=False)
         assert none is None and torch.equal(xs, xs2)
-    xs, none = data_lib.make_views(x, offsets.clamp(max=40 - 16), flips, 16, "crop", full_view=False)
+
+
+def test_make_views_crop_and_bad_modes():
+    x, offsets, flips = views_batch()
+    xs, none = data_lib.make_views(x, offsets.clamp(max=40 - 16), flips, 16, "crop",
+                                   full_view=False)
     assert none is None and xs.shape == (4, 3, 16, 16)
-    torch.testing.assert_close(xs, data_lib.normalize(crop_flip_oracle(x, offsets.clamp(max=24), flips, 16)))
+    want = crop_flip_oracle(x, offsets.clamp(max=24), flips, 16)
+    torch.testing.assert_close(xs, data_lib.normalize(want))
     with pytest.raises(ValueError, match="resize"):
         data_lib.make_views(x, offsets, flips, 16, "crop", full_view=True)
     with pytest.raises(ValueError, match="resize_mode"):
@@ -298,9 +319,14 @@ def test_epoch_sampler():
     assert max(b[1].max().item() for b in crop) <= 28
 
 
-def test_empty_batch_raises_data_error(cifar_root):
-    root, _ = cifar_root
-    with open(os.path.join(root, CIFAR_DIR, "test_batch"), "wb") as f:
-        pickle.dump({"data": np.zeros((0, 3072), np.uint8), "labels": []}, f)
-    with pytest.raises(data_lib.DataError, match="test_batch"):
-        data_lib.load_cifar10(root, download=False)
+
+# Oracle: augment=False is the centre crop of the padded image (the image itself at 32 px)
+# with no flip, and the image order is the augmented sampler's (same generator draws).
+def test_sampler_without_augmentation_is_the_centre_crop():
+    plain = data_lib.EpochSampler(20, 4, seed=1, device=torch.device("cpu"))
+    augmented = data_lib.EpochSampler(20, 4, seed=1, device=torch.device("cpu"))
+    for (i, off, fl), (j, _, _) in zip(plain.epoch(crop=32, augment=False), augmented.epoch()):
+        assert torch.equal(i, j) and (off == 4).all() and not fl.any()
+    (_, off, _), *_ = list(data_lib.EpochSampler(8, 8, 0, torch.device("cpu")).epoch(
+        crop=12, augment=False))
+    assert (off == 14).all()                   # (40 - 12) / 2

@@ -1,17 +1,18 @@
-"""plots.py on synthetic run directories: every figure is a real PNG, and bad or missing
-run directories give one clear line and exit code 2, never a traceback."""
+"""plots.py on synthetic run directories (written by make_run as irkd.train writes them):
+every figure is a real PNG, and bad or missing run directories give one clear line and exit
+code 2, never a traceback.
+
+Oracles: the PNG signature and a size between 1 KB and 200 KB for every figure; the exact set
+of file names main() writes; the exact error line (no "Traceback", one line, the command that
+would make the missing run); make_command's expected command line for each run directory.
+"""
 import json
 import os
-import sys
 
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-import plots  # noqa: E402
+import plots
 
 STAGES = [(12, 3), (20, 5), (32, 8)]   # (resolution, grid of a patch-4 model)
 
@@ -21,39 +22,54 @@ def write_json(path, obj):
         json.dump(obj, f)
 
 
-def make_run(root, name="exp1b", *, results=True, saliency=True, teacher_grid=None, kd=True, sal=True):
-    """A run directory as irkd.train writes it: 6 epochs over 3 curriculum stages."""
-    d = root / name
-    d.mkdir(parents=True)
-    write_json(d / "config.json", dict(name=name, model="custom", patch_size=4, kd=kd, cl=True, sal=sal,
-                                       alpha=0.5, gamma=0.8, quick=True, params=547732))
-    heads = ["cls", "dist", "avg"] if kd else ["cls"]
+def write_log(d, kd, sal, heads):
+    """log.jsonl: 6 epochs over the 3 STAGES, 2 epochs each."""
     with open(d / "log.jsonl", "w") as f:
         for epoch in range(1, 7):
             stage = (epoch - 1) // 2
             val = 20.0 + 2 * epoch
             f.write(json.dumps(dict(
-                stage=stage, res=STAGES[stage][0], epoch=epoch, stage_epoch=(epoch - 1) % 2 + 1, lr=3e-4,
-                loss=2.0 / epoch, ce=2.2 / epoch, kd=0.5 / epoch if kd else 0.0, sal=0.05 / epoch if sal else 0.0,
-                train_acc=18.0 + 3 * epoch, val_acc=val, val_heads={h: val for h in heads},
-                seconds=1.0, images_per_s=1000.0)) + "\n")
+                stage=stage, res=STAGES[stage][0], epoch=epoch, stage_epoch=(epoch - 1) % 2 + 1,
+                lr=3e-4, loss=2.0 / epoch, ce=2.2 / epoch, kd=0.5 / epoch if kd else 0.0,
+                sal=0.05 / epoch if sal else 0.0, train_acc=18.0 + 3 * epoch, val_acc=val,
+                val_heads={h: val for h in heads}, seconds=1.0, images_per_s=1000.0)) + "\n")
+
+
+def write_results(d, name, heads):
+    by_res = {str(r): 25.0 + r / 4 for r in (12, 16, 20, 24, 28, 32)}
+    write_json(d / "results.json", dict(
+        name=name, test_acc=by_res["32"], test_head=heads[-1], test_acc_by_res=by_res,
+        heads={h: by_res for h in heads}, params=547732, wall_s=40.0, device="cpu", quick=True,
+        epochs=6, train_images=3968, test_images=2000))
+
+
+def write_saliency(d, kd, teacher_grid):
+    """saliency.pt: 8 images, a student map per stage (and a teacher map with kd)."""
+    g = torch.Generator().manual_seed(0)
+    stages = []
+    for i, (res, grid) in enumerate(STAGES):
+        snap = dict(stage=i, res=res, student=torch.rand(8, grid, grid, generator=g))
+        if kd:
+            tg = teacher_grid or grid
+            snap["teacher"] = torch.rand(8, tg, tg, generator=g)
+        stages.append(snap)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=g)
+    torch.save(dict(images=images, labels=torch.arange(8), stages=stages), d / "saliency.pt")
+
+
+def make_run(root, name="exp1b", *, results=True, saliency=True, teacher_grid=None, kd=True,
+             sal=True):
+    """A run directory as irkd.train writes it: 6 epochs over 3 curriculum stages."""
+    d = root / name
+    d.mkdir(parents=True)
+    write_json(d / "config.json", dict(name=name, model="custom", patch_size=4, kd=kd, cl=True,
+                                       sal=sal, alpha=0.5, gamma=0.8, quick=True, params=547732))
+    heads = ["cls", "dist", "avg"] if kd else ["cls"]
+    write_log(d, kd, sal, heads)
     if results:
-        by_res = {str(r): 25.0 + r / 4 for r in (12, 16, 20, 24, 28, 32)}
-        write_json(d / "results.json", dict(
-            name=name, test_acc=by_res["32"], test_head=heads[-1], test_acc_by_res=by_res,
-            heads={h: by_res for h in heads}, params=547732, wall_s=40.0, device="cpu", quick=True,
-            epochs=6, train_images=3968, test_images=2000))
+        write_results(d, name, heads)
     if saliency:
-        g = torch.Generator().manual_seed(0)
-        stages = []
-        for i, (res, grid) in enumerate(STAGES):
-            snap = dict(stage=i, res=res, student=torch.rand(8, grid, grid, generator=g))
-            if kd:
-                tg = teacher_grid or grid
-                snap["teacher"] = torch.rand(8, tg, tg, generator=g)
-            stages.append(snap)
-        torch.save(dict(images=torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=g),
-                        labels=torch.arange(8), stages=stages), d / "saliency.pt")
+        write_saliency(d, kd, teacher_grid)
     return d
 
 
@@ -112,7 +128,8 @@ def test_directory_without_log(tmp_path, capsys):
     (tmp_path / "exp1a").mkdir()
     assert plots.main([str(tmp_path / "exp1a")]) == 2
     err = capsys.readouterr().err
-    assert "has no log.jsonl" in err and "python experiments.py exp1a" in err and "Traceback" not in err
+    assert "has no log.jsonl" in err and "python experiments.py exp1a" in err
+    assert "Traceback" not in err
 
 
 def test_truncated_results_json(tmp_path, capsys):
@@ -123,7 +140,8 @@ def test_truncated_results_json(tmp_path, capsys):
     assert plots.main([str(d), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.count("\n") == 1
-    assert "results.json is truncated or not valid JSON" in err and "python experiments.py exp1b" in err
+    assert "results.json is truncated or not valid JSON" in err
+    assert "python experiments.py exp1b" in err
     assert not out.exists() or not os.listdir(out)   # nothing drawn from a broken run
 
 

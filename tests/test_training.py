@@ -1,5 +1,14 @@
-"""train(): the curriculum, the optimizer per stage, KD + saliency, teacher_res, outputs,
-evaluation, and an end-to-end "it must learn" run on an easy synthetic task."""
+"""irkd.py sections 4-6: Config (check, stages), training (make_optimizer, lr_at, load_model,
+train_step, train: the curriculum, the optimizer per stage, KD + saliency, teacher_res, the
+files a run writes) and evaluation (evaluate, evaluate_all), plus an end-to-end "it must
+learn" run on an easy synthetic task.
+
+Oracles: the hand-chosen curriculum (2 stages x 1 epoch x 2 steps) fixes the log rows, the
+checkpoint's step count and the AdamW step counters; the logged loss equals its logged parts
+mixed by hand; the student's view resized (data.resize) is the teacher's full view; a saved
+model reloaded reproduces the run's test accuracies; fixed logits worked by hand for the
+heads and their softmax average; chance level (10 %) against > 60 % after training.
+"""
 import dataclasses
 import json
 import os
@@ -10,22 +19,11 @@ import torch.nn as nn
 
 import data as data_lib
 import irkd
-from conftest import make_data, write_cifar
-from test_model import tiny_vit
+from conftest import make_data, read_log, small_cfg, tiny_vit, write_cifar
 
 RESULT_KEYS = {"name", "test_acc", "test_acc_by_res", "heads", "params", "wall_s", "device"}
-LOG_KEYS = {"res", "epoch", "lr", "loss", "ce", "kd", "sal", "train_acc", "val_acc", "seconds", "images_per_s"}
-
-
-def small_cfg(tmp_path, **kw):
-    base = dict(name="t", model="custom", cl=True, resolutions=(8, 16), epochs=2, batch_size=32,
-                train_size=64, val_size=32, test_size=64, out=str(tmp_path), device="cpu", seed=0)
-    return irkd.Config(**(base | kw))
-
-
-def read_log(run_dir):
-    with open(os.path.join(run_dir, "log.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
+LOG_KEYS = {"res", "epoch", "lr", "loss", "ce", "kd", "sal", "train_acc", "val_acc", "seconds",
+            "images_per_s"}
 
 
 class RecordingTeacher(nn.Module):
@@ -46,79 +44,76 @@ def record_student_inputs(monkeypatch, events):
 
     def build(*a, **kw):
         model = real(*a, **kw)
-        model.register_forward_pre_hook(lambda m, args: events.append(("student", args[0].detach().clone())))
+        model.register_forward_pre_hook(
+            lambda m, args: events.append(("student", args[0].detach().clone())))
         return model
 
     monkeypatch.setattr(irkd, "build_model", build)
 
 
-# ----------------------------------------------------------------------------- curriculum and outputs
-
-def test_curriculum_run_outputs(tmp_path, train_data, capsys):
-    cfg = small_cfg(tmp_path)
-    results = irkd.train(cfg, data=train_data)
-    run_dir = tmp_path / "t"
-    rows = read_log(run_dir)
-    assert [r["res"] for r in rows] == [8, 16]
-    assert [r["epoch"] for r in rows] == [1, 2]
-    for r in rows:
-        assert LOG_KEYS <= set(r)
-        assert r["kd"] == 0 and r["sal"] == 0 and r["loss"] > 0
-        assert abs(r["loss"] - r["ce"]) < 1e-4               # plain CE run
-        assert r["lr"] == pytest.approx(3e-4)
-    for f in ("config.json", "results.json", "model.pt", "checkpoint.pt", "log.jsonl"):
-        assert (run_dir / f).exists(), f
-    saved = json.load(open(run_dir / "results.json"))
-    assert RESULT_KEYS <= set(saved)
-    assert saved == json.loads(json.dumps(results))
-    assert saved["name"] == "t"
-    assert set(saved["test_acc_by_res"]) == {"8", "16", "32"}
-    assert saved["test_acc"] == saved["test_acc_by_res"]["32"]
-    assert set(saved["heads"]) == {"cls"}
-    assert saved["params"] == irkd.count_params(irkd.build_model("custom", patch_size=4))
-    assert saved["wall_s"] >= 0 and "cpu" in saved["device"]
-    config = json.load(open(run_dir / "config.json"))
-    assert {f.name for f in dataclasses.fields(irkd.Config)} <= set(config)
-    assert config["resolutions"] == [8, 16] and config["cl"] is True
-    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
-    assert ckpt["epoch"] == 2 and ckpt["step"] == 4               # 64 images / 32 = 2 steps per epoch
-    assert {"model", "optimizer", "model_args", "config"} <= set(ckpt)
+def kd_teacher():
+    torch.manual_seed(123)
+    return tiny_vit(4)
 
 
-def test_saved_model_reloads_and_reproduces_test_acc(tmp_path, train_data, capsys):
-    results = irkd.train(small_cfg(tmp_path), data=train_data)
-    ckpt = torch.load(tmp_path / "t" / "model.pt", weights_only=True)
-    assert {"model", "model_args"} <= set(ckpt)
-    assert ckpt["model_args"]["preset"] == "custom" and ckpt["model_args"]["patch_size"] == 4
-    model, meta = irkd.load_model(str(tmp_path / "t" / "model.pt"))
-    test_x, test_y = train_data["test_x"][:64], train_data["test_y"][:64]
-    for res in (8, 16, 32):
-        acc = irkd.evaluate(model, test_x, test_y, res)["cls"]
-        assert acc == results["test_acc_by_res"][str(res)]
+@pytest.fixture(scope="module")
+def curriculum_run(tmp_path_factory, train_data):
+    """small_cfg trained once (plain CE, 8 then 16 px): (results, run directory)."""
+    tmp_path = tmp_path_factory.mktemp("curriculum")
+    return irkd.train(small_cfg(tmp_path), data=train_data), tmp_path / "t"
 
 
-@pytest.mark.parametrize("fresh,expected_calls", [(True, 2), (False, 1)])
-def test_optimizer_recreated_per_stage(tmp_path, train_data, monkeypatch, capsys, fresh, expected_calls):
-    calls = []
-    real = irkd.make_optimizer
+@pytest.fixture(scope="module")
+def kd_sal_run(tmp_path_factory, train_data):
+    """small_cfg with KD and saliency, trained once: (results, run directory)."""
+    tmp_path = tmp_path_factory.mktemp("kd_sal")
+    cfg = small_cfg(tmp_path, kd=True, sal=True)
+    return irkd.train(cfg, teacher=kd_teacher(), data=train_data), tmp_path / "t"
 
-    def counting(model, cfg):
-        opt = real(model, cfg)
-        calls.append(opt)
-        return opt
 
-    monkeypatch.setattr(irkd, "make_optimizer", counting)
-    irkd.train(small_cfg(tmp_path, epochs=4, fresh_optimizer=fresh), data=train_data)   # 2 stages x 2 epochs
-    assert len(calls) == expected_calls
-    if fresh:
-        assert calls[0] is not calls[1]
-        # the second optimizer started from zero moments: after 2 epochs x 2 steps it has step 4
-        steps = [s["step"].item() for s in calls[1].state.values()]
-        assert steps and all(s == 4 for s in steps)
-    else:
-        steps = [s["step"].item() for s in calls[0].state.values()]
-        assert steps and all(s == 8 for s in steps)
+# ----------------------------------------------------------------------------- Config
 
+def test_config_check_rejects_non_divisible_resolutions():
+    irkd.Config(patch_size=4, cl=True, resolutions=(12, 16, 20, 24, 28, 32), epochs=6).check()
+    irkd.Config(patch_size=2, cl=True, resolutions=(12, 14), epochs=2).check()
+    with pytest.raises(ValueError, match="patch_size=4"):
+        irkd.Config(patch_size=4, cl=True, resolutions=(12, 18), epochs=2).check()
+    with pytest.raises(ValueError, match="patch_size=2"):
+        irkd.Config(patch_size=2, cl=True, resolutions=(12, 15), epochs=2).check()
+    with pytest.raises(ValueError, match="epochs"):
+        irkd.Config(cl=True, resolutions=(12, 16), epochs=3).check()
+    with pytest.raises(ValueError, match="kd"):
+        irkd.Config(sal=True, kd=False).check()
+
+
+def test_config_stages():
+    assert irkd.Config(cl=True, epochs=60).stages() == [(r, 10)
+                                                        for r in (12, 16, 20, 24, 28, 32)]
+    assert irkd.Config(cl=False, epochs=60).stages() == [(32, 60)]
+    assert irkd.Config(cl=True, resolutions=(8, 16), epochs=4).stages() == [(8, 2), (16, 2)]
+
+
+def test_check_rejects_bad_eval_resolution_without_cl():
+    with pytest.raises(ValueError, match="patch_size"):
+        irkd.Config(cl=False, patch_size=4, resolutions=(12, 18)).check()
+
+
+# Oracle: the teacher recipe's extras cannot go with kd, and erasing is a probability.
+@pytest.mark.parametrize("kw", [dict(randaug=True, kd=True), dict(erasing=0.25, kd=True),
+                                dict(erasing=1.5), dict(erasing=-0.1)])
+def test_check_rejects_recipe_extras_with_kd(kw):
+    with pytest.raises(ValueError, match="randaug|erasing"):
+        irkd.Config(**kw).check()
+    irkd.Config(randaug=True, erasing=1.0, mixup=True).check()       # without kd: fine
+
+
+def test_compile_refuses_grad_saliency(tmp_path):
+    cfg = small_cfg(tmp_path, kd=True, sal=True, saliency="grad", compile=True)
+    with pytest.raises(ValueError, match="second-order"):
+        cfg.check()
+
+
+# ----------------------------------------------------------------------------- optimizer, schedule
 
 def test_make_optimizer_groups():
     model = tiny_vit(4, distill_token=True)
@@ -150,17 +145,102 @@ def test_lr_schedule():
     assert irkd.lr_at(cyc, 100, 100, 10) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_load_model_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at .*model.pt of a trained run"):
+        irkd.load_model(str(tmp_path / "missing.pt"))
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a model.pt written by this project"):
+        irkd.load_model(str(junk))
+
+
+# ------------------------------------------------------------------------ curriculum and outputs
+
+def test_curriculum_log_rows(curriculum_run):
+    _, run_dir = curriculum_run
+    rows = read_log(run_dir)
+    assert [r["res"] for r in rows] == [8, 16]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for r in rows:
+        assert LOG_KEYS <= set(r)
+        assert r["kd"] == 0 and r["sal"] == 0 and r["loss"] > 0
+        assert abs(r["loss"] - r["ce"]) < 1e-4               # plain CE run
+        assert r["lr"] == pytest.approx(3e-4)
+
+
+def test_curriculum_run_files_and_results(curriculum_run):
+    results, run_dir = curriculum_run
+    for f in ("config.json", "results.json", "model.pt", "checkpoint.pt", "log.jsonl"):
+        assert (run_dir / f).exists(), f
+    saved = json.load(open(run_dir / "results.json"))
+    assert RESULT_KEYS <= set(saved)
+    assert saved == json.loads(json.dumps(results))
+    assert saved["name"] == "t"
+    assert set(saved["test_acc_by_res"]) == {"8", "16", "32"}
+    assert saved["test_acc"] == saved["test_acc_by_res"]["32"]
+    assert set(saved["heads"]) == {"cls"}
+    assert saved["params"] == irkd.count_params(irkd.build_model("custom", patch_size=4))
+    assert saved["wall_s"] >= 0 and "cpu" in saved["device"]
+
+
+def test_curriculum_run_config_and_checkpoint(curriculum_run):
+    _, run_dir = curriculum_run
+    config = json.load(open(run_dir / "config.json"))
+    assert {f.name for f in dataclasses.fields(irkd.Config)} <= set(config)
+    assert config["resolutions"] == [8, 16] and config["cl"] is True
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert ckpt["epoch"] == 2 and ckpt["step"] == 4    # 64 images / 32 = 2 steps per epoch
+    assert {"model", "optimizer", "model_args", "config"} <= set(ckpt)
+
+
+def test_saved_model_reloads_and_reproduces_test_acc(curriculum_run, train_data):
+    results, run_dir = curriculum_run
+    ckpt = torch.load(run_dir / "model.pt", weights_only=True)
+    assert {"model", "model_args"} <= set(ckpt)
+    assert ckpt["model_args"]["preset"] == "custom" and ckpt["model_args"]["patch_size"] == 4
+    model, meta = irkd.load_model(str(run_dir / "model.pt"))
+    test_x, test_y = train_data["test_x"][:64], train_data["test_y"][:64]
+    for res in (8, 16, 32):
+        acc = irkd.evaluate(model, test_x, test_y, res)["cls"]
+        assert acc == results["test_acc_by_res"][str(res)]
+
+
+def count_optimizers(monkeypatch):
+    """Make irkd.make_optimizer record every optimizer it builds; returns the list."""
+    calls = []
+    real = irkd.make_optimizer
+
+    def counting(model, cfg):
+        opt = real(model, cfg)
+        calls.append(opt)
+        return opt
+
+    monkeypatch.setattr(irkd, "make_optimizer", counting)
+    return calls
+
+
+@pytest.mark.parametrize("fresh,expected_calls", [(True, 2), (False, 1)])
+def test_optimizer_recreated_per_stage(tmp_path, train_data, monkeypatch, capsys, fresh,
+                                       expected_calls):
+    calls = count_optimizers(monkeypatch)
+    cfg = small_cfg(tmp_path, epochs=4, fresh_optimizer=fresh)     # 2 stages x 2 epochs
+    irkd.train(cfg, data=train_data)
+    assert len(calls) == expected_calls
+    if fresh:
+        assert calls[0] is not calls[1]
+        # the second optimizer started from zero moments: after 2 epochs x 2 steps it has step 4
+        steps = [s["step"].item() for s in calls[1].state.values()]
+        assert steps and all(s == 4 for s in steps)
+    else:
+        steps = [s["step"].item() for s in calls[0].state.values()]
+        assert steps and all(s == 8 for s in steps)
+
+
 # ----------------------------------------------------------------------------- distillation runs
 
-def kd_teacher():
-    torch.manual_seed(123)
-    return tiny_vit(4)
-
-
-def test_kd_sal_run(tmp_path, train_data, capsys):
-    cfg = small_cfg(tmp_path, kd=True, sal=True)
-    results = irkd.train(cfg, teacher=kd_teacher(), data=train_data)
-    rows = read_log(tmp_path / "t")
+def test_kd_sal_run_log_rows(kd_sal_run):
+    _, run_dir = kd_sal_run
+    rows = read_log(run_dir)
     assert [r["res"] for r in rows] == [8, 16]
     for r in rows:
         assert r["kd"] > 0 and r["sal"] > 0
@@ -168,12 +248,16 @@ def test_kd_sal_run(tmp_path, train_data, capsys):
         want = 0.5 * r["ce"] + 0.5 * r["kd"] + 0.8 * r["sal"]
         assert abs(r["loss"] - want) < 1e-4 * max(1.0, want)
         assert set(r["val_heads"]) == {"cls", "dist", "avg"}
+
+
+def test_kd_sal_run_results_and_heads(kd_sal_run):
+    results, run_dir = kd_sal_run
     assert set(results["heads"]) == {"cls", "dist", "avg"}
     for h in ("cls", "dist", "avg"):
         assert set(results["heads"][h]) == {"8", "16", "32"}
     assert results["test_acc"] == results["heads"]["avg"]["32"]
     assert results["test_acc_by_res"] == results["heads"]["avg"]
-    model, _ = irkd.load_model(str(tmp_path / "t" / "model.pt"))
+    model, _ = irkd.load_model(str(run_dir / "model.pt"))
     assert model.head_dist is not None
 
 
@@ -186,6 +270,22 @@ def test_kd_trains_the_dist_head(tmp_path, train_data, capsys):
     assert (model.dist_token - fresh.dist_token).abs().max() > 1e-5
 
 
+def teacher_calls(events):
+    """(student event, teacher event) for every teacher forward, with the event before it."""
+    return [(events[i - 1], events[i]) for i in range(1, len(events))
+            if events[i][0] == "teacher"]
+
+
+def check_teacher_view(xs, xt, teacher_res):
+    """The teacher's input given the student's xs, for teacher_res "full" or "same"."""
+    if teacher_res == "full":
+        assert xt.shape[-2:] == (32, 32)
+        # both views come from one augmented image: the student's is the teacher's, resized
+        torch.testing.assert_close(data_lib.resize(xt, xs.shape[-1]), xs, atol=1e-5, rtol=0)
+    else:
+        assert torch.equal(xt, xs)
+
+
 @pytest.mark.parametrize("teacher_res", ["full", "same"])
 def test_teacher_resolution(tmp_path, train_data, monkeypatch, capsys, teacher_res):
     events = []
@@ -193,21 +293,14 @@ def test_teacher_resolution(tmp_path, train_data, monkeypatch, capsys, teacher_r
     teacher = RecordingTeacher(kd_teacher(), events)
     cfg = small_cfg(tmp_path, kd=True, sal=True, teacher_res=teacher_res)
     irkd.train(cfg, teacher=teacher, data=train_data)
-    pairs = [(events[i - 1], events[i]) for i in range(1, len(events)) if events[i][0] == "teacher"]
+    pairs = teacher_calls(events)
     assert len(pairs) >= 4                                   # 2 stages x 2 steps (+ snapshots)
     seen = []
     for (who, xs), (_, xt) in pairs:
-        assert who == "student"                              # every teacher call follows a student forward
-        res = xs.shape[-1]
-        seen.append((res, xt.shape[-1]))
-        if teacher_res == "full":
-            assert xt.shape[-2:] == (32, 32)
-            # both views come from one augmented image: the student's is the teacher's, resized
-            torch.testing.assert_close(data_lib.resize(xt, res), xs, atol=1e-5, rtol=0)
-        else:
-            assert torch.equal(xt, xs)
-    student_res = sorted({s for s, _ in seen})
-    assert student_res == [8, 16]
+        assert who == "student"              # every teacher call follows a student forward
+        seen.append((xs.shape[-1], xt.shape[-1]))
+        check_teacher_view(xs, xt, teacher_res)
+    assert sorted({s for s, _ in seen}) == [8, 16]
     assert {t for _, t in seen} == ({32} if teacher_res == "full" else {8, 16})
 
 
@@ -217,7 +310,8 @@ def test_kd_requires_teacher(tmp_path, train_data):
 
 
 def test_non_cl_run_is_one_stage_at_32(tmp_path, train_data, capsys):
-    irkd.train(small_cfg(tmp_path, cl=False, resolutions=(16, 32), epochs=2), data=train_data)
+    cfg = small_cfg(tmp_path, cl=False, resolutions=(16, 32), epochs=2)
+    irkd.train(cfg, data=train_data)
     assert [r["res"] for r in read_log(tmp_path / "t")] == [32, 32]
 
 
@@ -230,11 +324,6 @@ def test_train_reads_cfg_data(tmp_path, capsys):
     results = irkd.train(cfg)
     assert results["train_images"] == 50 and results["test_images"] == 40
     assert len(read_log(tmp_path / "t")) == 2
-
-
-def test_check_rejects_bad_eval_resolution_without_cl():
-    with pytest.raises(ValueError, match="patch_size"):
-        irkd.Config(cl=False, patch_size=4, resolutions=(12, 18)).check()
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -292,8 +381,37 @@ def test_learns_easy_task(tmp_path, capsys):
                       batch_size=32, lr=1e-3, train_size=256, val_size=64, test_size=200,
                       out=str(tmp_path), device="cpu", seed=0)
     torch.manual_seed(0)
-    untrained = irkd.evaluate(irkd.build_model("custom", patch_size=4), data["test_x"], data["test_y"], 32)
+    fresh = irkd.build_model("custom", patch_size=4)
+    untrained = irkd.evaluate(fresh, data["test_x"], data["test_y"], 32)
     assert untrained["cls"] < 35                              # chance is 10 %
     results = irkd.train(cfg, data=data)
     assert results["test_acc"] > 60, results
     assert results["test_acc_by_res"]["16"] > 60, results
+
+
+# Oracle: the log. select="best" reports the weights of the epoch with the best 32-px
+# validation accuracy; test_epochs adds that epoch's test accuracy and its predictions.
+def test_best_validation_epoch_and_test_epochs(tmp_path, train_data):
+    cfg = small_cfg(tmp_path, epochs=4, select="best", test_epochs=(1, 3))
+    r = irkd.train(cfg, data=train_data)
+    rows = read_log(os.path.join(tmp_path, "t"))
+    best = max(rows, key=lambda row: row["val_acc_32"])     # the first maximum wins ties
+    assert r["best_epoch"] == best["epoch"] and r["select"] == "best"
+    assert r["heads"] == r["heads_best"] and set(r["at_epoch"]) == {"1", "3"}
+    preds = json.load(open(os.path.join(tmp_path, "t", "predictions.json")))
+    assert {"epoch_1", "epoch_3", "last", "best", "labels"} <= set(preds)
+    hits = sum(p == y for p, y in zip(preds["epoch_3"]["cls"], preds["labels"]))
+    assert 100 * hits / len(preds["labels"]) == pytest.approx(r["at_epoch"]["3"]["cls"], abs=0.01)
+
+
+def test_head_cls_reports_the_class_token(tmp_path, train_data):
+    teacher = tiny_vit(patch_size=4)
+    r = irkd.train(small_cfg(tmp_path, kd=True, head="cls"), teacher=teacher, data=train_data)
+    assert r["test_head"] == "cls" and r["test_acc"] == r["heads"]["cls"]["32"]
+
+
+def test_bad_study_fields_are_refused():
+    for bad in (dict(augment="autoaug"), dict(head="dist"), dict(select="first"),
+                dict(test_epochs=(0,))):
+        with pytest.raises(ValueError, match="valid|epoch in"):
+            irkd.Config(**bad).check()

@@ -1,10 +1,19 @@
-"""attention_rollout against closed forms, a hand-worked matrix example and a numpy oracle."""
+"""irkd.py section 2, saliency: attention_rollout, minmax_normalize, saliency_loss,
+capture_tokens and token_gradcam.
+
+Oracles: closed forms for uniform and identity attention; a two-layer example worked by hand
+as explicit matrices (HAND_* below); a numpy re-implementation of Abnar & Zuidema's rollout
+(`oracle`) for head fusion, discard and two prefix tokens; a manual min-max-then-MSE for
+saliency_loss, with a manual 2x2 area average for a finer teacher map; and the Grad-CAM formula
+ReLU(sum_d mean_tokens(dy/dh) * h) written out with torch.autograd.grad.
+"""
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import irkd
-from test_model import tiny_vit
+from conftest import tiny_vit
 
 
 def random_attention(B, H, N, seed):
@@ -17,7 +26,8 @@ def oracle(attentions, token=0, num_prefix=1, head_fusion="mean", discard_ratio=
     """Abnar & Zuidema rollout, one sample at a time in numpy: fuse heads, drop the weakest
     links (never the diagonal nor a prefix column), add I, renormalise rows, multiply."""
     B, _, N, _ = attentions[0].shape
-    fuse = dict(mean=lambda a: a.mean(0), max=lambda a: a.max(0), min=lambda a: a.min(0))[head_fusion]
+    fuse = dict(mean=lambda a: a.mean(0), max=lambda a: a.max(0),
+                min=lambda a: a.min(0))[head_fusion]
     maps = []
     for b in range(B):
         R = np.eye(N)
@@ -44,7 +54,8 @@ def test_uniform_attention_closed_form():
         attns = [torch.full((2, 3, N, N), 1.0 / N) for _ in range(L)]
         got = irkd.attention_rollout(attns)
         assert got.shape == (2, 3, 3)
-        torch.testing.assert_close(got, torch.full((2, 3, 3), (1 - 2.0 ** -L) / N), atol=1e-6, rtol=0)
+        want = torch.full((2, 3, 3), (1 - 2.0 ** -L) / N)
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
 
 
 def test_identity_attention_gives_no_flow_to_patches():
@@ -57,28 +68,32 @@ def test_identity_attention_gives_no_flow_to_patches():
     torch.testing.assert_close(got, want, atol=0, rtol=0)
 
 
+# The hand-worked example: N = cls + 4 patches, 2 heads, 2 layers; HAND_L<layer>H<head> is
+# the (row-stochastic) attention of that head, every step written out as explicit matrices.
+HAND_L1H1 = torch.tensor([[.2, .2, .2, .2, .2],
+                          [.5, .5, 0., 0., 0.],
+                          [.1, .2, .3, .4, 0.],
+                          [0., 0., 0., 1., 0.],
+                          [.25, 0., .25, 0., .5]])
+HAND_L1H2 = torch.tensor([[.6, .1, .1, .1, .1],
+                          [0., 1., 0., 0., 0.],
+                          [.3, .3, .4, 0., 0.],
+                          [.2, .2, .2, .2, .2],
+                          [0., 0., 0., .5, .5]])
+HAND_L2H1 = torch.tensor([[.1, .4, .1, .1, .3],
+                          [.2, .2, .2, .2, .2],
+                          [0., .5, .5, 0., 0.],
+                          [.4, 0., 0., .6, 0.],
+                          [.1, .1, .1, .1, .6]])
+HAND_L2H2 = torch.tensor([[.3, 0., .3, .4, 0.],
+                          [.2, .2, .2, .2, .2],
+                          [.2, .2, .2, .2, .2],
+                          [0., 0., 1., 0., 0.],
+                          [.5, 0., 0., 0., .5]])
+
+
 def test_hand_worked_two_layers():
-    # N = cls + 4 patches, 2 heads, 2 layers; every step written out as explicit matrices.
-    l1h1 = torch.tensor([[.2, .2, .2, .2, .2],
-                         [.5, .5, 0., 0., 0.],
-                         [.1, .2, .3, .4, 0.],
-                         [0., 0., 0., 1., 0.],
-                         [.25, 0., .25, 0., .5]])
-    l1h2 = torch.tensor([[.6, .1, .1, .1, .1],
-                         [0., 1., 0., 0., 0.],
-                         [.3, .3, .4, 0., 0.],
-                         [.2, .2, .2, .2, .2],
-                         [0., 0., 0., .5, .5]])
-    l2h1 = torch.tensor([[.1, .4, .1, .1, .3],
-                         [.2, .2, .2, .2, .2],
-                         [0., .5, .5, 0., 0.],
-                         [.4, 0., 0., .6, 0.],
-                         [.1, .1, .1, .1, .6]])
-    l2h2 = torch.tensor([[.3, 0., .3, .4, 0.],
-                         [.2, .2, .2, .2, .2],
-                         [.2, .2, .2, .2, .2],
-                         [0., 0., 1., 0., 0.],
-                         [.5, 0., 0., 0., .5]])
+    l1h1, l1h2, l2h1, l2h2 = HAND_L1H1, HAND_L1H2, HAND_L2H1, HAND_L2H2
     I = torch.eye(5)
 
     def layer(h1, h2):
@@ -136,10 +151,9 @@ def test_discard_is_per_sample():
     torch.testing.assert_close(swapped.flip(0), both, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("num_prefix", [1, 2])
-def test_discard_never_drops_diagonal_or_prefix_columns(num_prefix):
-    # The diagonal and the prefix columns hold the smallest weights, so a discard that did not
-    # protect them would drop them first; one layer, every row read through `token`.
+def protected_attention(num_prefix):
+    """One layer, N = num_prefix + 4, where the diagonal and the prefix columns hold the
+    smallest weights, so a discard that did not protect them would drop them first."""
     N = num_prefix + 4
     a = torch.full((N, N), 1.0)
     a += torch.arange(N * N, dtype=torch.float32).view(N, N) * 0.01     # distinct values
@@ -147,13 +161,26 @@ def test_discard_never_drops_diagonal_or_prefix_columns(num_prefix):
     a[:, :num_prefix] = 0.02
     a[range(N), range(N)] = 0.05
     a = a / a.sum(1, keepdim=True)
-    attns = [a.expand(1, 1, N, N).clone()]
-    for token in range(N):
-        got = irkd.attention_rollout(attns, token=token, num_prefix=num_prefix, discard_ratio=0.75)
+    return a, [a.expand(1, 1, N, N).clone()]
+
+
+@pytest.mark.parametrize("num_prefix", [1, 2])
+def test_discard_never_drops_diagonal_or_prefix_columns(num_prefix):
+    # Every row read through `token`, against the oracle.
+    a, attns = protected_attention(num_prefix)
+    for token in range(len(a)):
+        got = irkd.attention_rollout(attns, token=token, num_prefix=num_prefix,
+                                     discard_ratio=0.75)
         want = oracle(attns, token=token, num_prefix=num_prefix, discard_ratio=0.75)
         torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
-    # direct check on one row: the diagonal survives, and the row is renormalised including
-    # the prefix columns (dropping them would change every patch value)
+
+
+@pytest.mark.parametrize("num_prefix", [1, 2])
+def test_discard_keeps_diagonal_and_renormalises_with_prefix_columns(num_prefix):
+    # Direct check on one row: the diagonal survives, and the row is renormalised including
+    # the prefix columns (dropping them would change every patch value).
+    a, attns = protected_attention(num_prefix)
+    N = len(a)
     kept = a.clone()
     free = [(i, j) for i in range(N) for j in range(N) if i != j and j >= num_prefix]
     for ij in sorted(free, key=lambda ij: kept[ij].item())[:int(len(free) * 0.75)]:
@@ -200,3 +227,82 @@ def test_rollout_dtype_and_device_follow_input():
     attns = [random_attention(1, 2, 5, seed=1).to(torch.bfloat16)]
     out = irkd.attention_rollout(attns)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+# ----------------------------------------------------------------------------- saliency_loss
+
+def test_saliency_zero_for_identical_maps():
+    torch.manual_seed(0)
+    m = torch.rand(3, 4, 4)
+    assert irkd.saliency_loss(m, m.clone()).item() < 1e-12
+
+
+def test_saliency_invariant_to_affine_scaling():
+    torch.manual_seed(0)
+    s, t = torch.rand(3, 4, 4), torch.rand(3, 4, 4)
+    base = irkd.saliency_loss(s, t)
+    assert base.item() > 1e-3
+    torch.testing.assert_close(irkd.saliency_loss(7.5 * s + 2.0, t), base, atol=1e-6, rtol=0)
+    torch.testing.assert_close(irkd.saliency_loss(s, 0.05 * t - 3.0), base, atol=1e-5, rtol=0)
+    # per image: scaling one image differently from the other does not matter either
+    scale = torch.tensor([1.0, 10.0, 0.1]).view(3, 1, 1)
+    torch.testing.assert_close(irkd.saliency_loss(s * scale, t), base, atol=1e-6, rtol=0)
+
+
+def test_saliency_matches_manual_minmax_mse():
+    torch.manual_seed(0)
+    s, t = torch.rand(2, 3, 3), torch.rand(2, 3, 3)
+
+    def norm(m):
+        lo = m.amin(dim=(1, 2), keepdim=True)
+        hi = m.amax(dim=(1, 2), keepdim=True)
+        return (m - lo) / (hi - lo)
+
+    want = ((norm(s) - norm(t)) ** 2).mean()
+    torch.testing.assert_close(irkd.saliency_loss(s, t), want, atol=1e-6, rtol=0)
+
+
+def test_saliency_flat_map_is_finite():
+    flat = torch.full((2, 4, 4), 0.25, requires_grad=True)
+    t = torch.rand(2, 4, 4)
+    loss = irkd.saliency_loss(flat, t)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(flat.grad).all()
+    # a flat map normalises to zeros
+    torch.testing.assert_close(irkd.minmax_normalize(flat.detach()), torch.zeros(2, 4, 4),
+                               atol=0, rtol=0)
+    both_flat = irkd.saliency_loss(torch.zeros(1, 2, 2), torch.ones(1, 2, 2))
+    assert both_flat.item() == 0.0
+
+
+def test_saliency_pools_finer_teacher_map():
+    torch.manual_seed(0)
+    s, t = torch.rand(2, 4, 4), torch.rand(2, 8, 8)
+    pooled = t.view(2, 4, 2, 4, 2).mean(dim=(2, 4))          # manual 2x2 area average
+    torch.testing.assert_close(irkd.saliency_loss(s, t), irkd.saliency_loss(s, pooled),
+                               atol=1e-6, rtol=0)
+    # and it is not just comparing to a nearest/strided subsample
+    strided = t[:, ::2, ::2]
+    assert abs(irkd.saliency_loss(s, t).item() - irkd.saliency_loss(s, strided).item()) > 1e-4
+
+
+# ----------------------------------------------------------------------------- Grad-CAM saliency
+
+def test_token_gradcam_matches_manual_formula():
+    torch.manual_seed(0)
+    model = tiny_vit(4, distill_token=True)
+    x = torch.randn(2, 3, 16, 16)
+    y = torch.tensor([3, 7])
+    with irkd.capture_tokens(model, [0, 1]) as tokens:
+        (cls, _), _ = model(x, return_attn=True)
+    assert len(tokens) == 2 and tokens[0].shape == (2, 2 + 16, 32)
+    cam = irkd.token_gradcam(cls, tokens, y, num_prefix=2, create_graph=True)
+    assert cam.shape == (2, 4, 4)
+    grads = torch.autograd.grad(cls[0, 3] + cls[1, 7], tokens, retain_graph=True)
+    want = torch.stack([F.relu((g[:, 2:].mean(1, keepdim=True) * h[:, 2:]).sum(-1))
+                        for h, g in zip(tokens, grads)])
+    torch.testing.assert_close(cam, want.mean(0).view(2, 4, 4), atol=1e-6, rtol=1e-5)
+    # second order: a loss on the map reaches the student's weights
+    irkd.saliency_loss(cam, torch.rand(2, 4, 4)).backward()
+    assert model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
