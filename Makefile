@@ -11,16 +11,18 @@ RUNS   ?= $(patsubst %/log.jsonl,%,$(wildcard runs/*/log.jsonl runs/quick/*/log.
 
 PY    := $(VENV)/bin/python
 FLAGS := --data=$(DATA) --device=$(DEVICE) $(if $(filter 1 true yes,$(QUICK)),--quick) $(ARGS)
-VARIANTS := exp1a exp1b saliency_p2 small_p4_all kdonly table beyond cpu cpu_beyond cpu_teacher
+VARIANTS := exp1a exp1b saliency_p2 small_p4_all kdonly table beyond cpu cpu_beyond cpu_teacher study
 
 .PHONY: setup test list teacher plots report bench $(VARIANTS)
 
 # The virtual environment, re-made whenever requirements.txt changes.
 $(VENV)/.installed: requirements.txt
+	@echo "building $(VENV)/ with $$(tr '\n' ' ' < requirements.txt)(a minute or two, once)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
+	@echo "$(VENV)/ is ready: run python commands as $(VENV)/bin/python, or after source $(VENV)/bin/activate"
 
 setup: $(VENV)/.installed
 
@@ -41,10 +43,11 @@ teacher: setup
 plots: setup
 	$(PY) plots.py $(RUNS)
 
-# runs/*/results.json -> a Markdown table, paper vs ours (also written to runs/report.md).
+# runs/*/results.json -> a Markdown table, paper vs ours (runs/report.md); and the study's
+# arms and paired comparisons from results/study/ (results/study/report.md).
 report: setup
 	$(PY) experiments.py report
 
 # Speed: images/s per preset, mode and resolution, pipeline overhead, curriculum cost, FLOP/s.
 bench: setup
-	$(PY) experiments.py bench --device=$(DEVICE) $(ARGS)
+	$(PY) bench.py --device=$(DEVICE) $(ARGS)

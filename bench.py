@@ -88,10 +88,12 @@ NUM_IMAGES = 4096                        # synthetic uint8 images held on the de
 PLANS = {
     "quick": dict(presets={"custom": (irkd.RESOLUTIONS, 2), "tiny": (irkd.RESOLUTIONS, 2),
                            "small": ((12, 32), 1)},
-                  warmup=1, overhead_res=(12, 32), overhead_presets=("custom", "tiny"), teacher_steps=1),
+                  warmup=1, overhead_res=(12, 32), overhead_presets=("custom", "tiny"),
+                  teacher_steps=1),
     "full": dict(presets={"custom": (irkd.RESOLUTIONS, 10), "tiny": (irkd.RESOLUTIONS, 5),
                           "small": (irkd.RESOLUTIONS, 3)},
-                 warmup=2, overhead_res=irkd.RESOLUTIONS, overhead_presets=tuple(irkd.PRESETS), teacher_steps=5),
+                 warmup=2, overhead_res=irkd.RESOLUTIONS, overhead_presets=tuple(irkd.PRESETS),
+                 teacher_steps=5),
 }
 TARGETS = dict(pipeline_overhead=1.10, sal_over_kd=1.20, curriculum_rel_err=0.10)
 
@@ -104,7 +106,8 @@ def num_tokens(res: int, patch_size: int, num_prefix: int) -> int:
     return num_prefix + (res // patch_size) ** 2
 
 
-def forward_flops(preset: str, res: int, patch_size: int, num_prefix: int, num_classes: int = 10) -> int:
+def forward_flops(preset: str, res: int, patch_size: int, num_prefix: int,
+                  num_classes: int = 10) -> int:
     """Matmul FLOPs of one image's forward pass (formula in the module docstring)."""
     p = irkd.PRESETS[preset]
     D, depth, M = p["dim"], p["depth"], p["mlp_dim"]
@@ -133,7 +136,8 @@ def step_flops(preset: str, mode: str, res: int, patch_size: int, teacher_res: i
     return flops
 
 
-def ideal_curriculum_ratio(resolutions=irkd.RESOLUTIONS, patch_size: int = 4, num_prefix: int = 2) -> float:
+def ideal_curriculum_ratio(resolutions=irkd.RESOLUTIONS, patch_size: int = 4,
+                           num_prefix: int = 2) -> float:
     """sum_r N(r) / (len * N(32)): the curriculum's cost if a step cost the same per token.
     Patch 4, two prefix tokens: (11+18+27+38+51+66) / (6*66) = 0.5328."""
     tokens = [num_tokens(r, patch_size, num_prefix) for r in resolutions]
@@ -228,7 +232,7 @@ class Timer:
         self.disturbed, self.waited_s = 0, 0.0
 
     def other_cores(self, t0, t1, seconds: float) -> float:
-        """Cores other processes kept busy; 0 below 3 clock ticks (30 ms), the resolution of /proc."""
+        """Cores other processes kept busy; 0 below 3 clock ticks (30 ms), /proc's resolution."""
         ticks = (t1[0] - t0[0]) - (t1[1] - t0[1])
         return 0.0 if ticks < 3 else ticks / os.sysconf("SC_CLK_TCK") / max(seconds, 1e-3)
 
@@ -251,7 +255,8 @@ class Timer:
         while time.perf_counter() < t_end and quiet < quiet_s:
             t0, ticks0 = time.perf_counter(), cpu_ticks()
             time.sleep(1.0)
-            quiet = quiet + 1 if self.other_cores(ticks0, cpu_ticks(), time.perf_counter() - t0) < self.limit else 0
+            quiet = (quiet + 1 if self.other_cores(ticks0, cpu_ticks(), time.perf_counter() - t0)
+                     < self.limit else 0)
         self.waited_s += self.patience - max(0.0, t_end - time.perf_counter())
 
 
@@ -261,7 +266,8 @@ def matmul_peak(timer: Timer, dtype: torch.dtype, n: int, reps: int) -> dict:
     b = torch.randn(n, n, device=timer.device, dtype=dtype)
     timer(lambda: torch.mm(a, b), retry=False)          # warm-up
     best = min(timer(lambda: torch.mm(a, b)) for _ in range(reps))
-    return dict(flops_per_s=2 * n ** 3 / best, dtype=str(dtype).replace("torch.", ""), n=n, seconds=best)
+    return dict(flops_per_s=2 * n ** 3 / best, dtype=str(dtype).replace("torch.", ""), n=n,
+                seconds=best)
 
 
 # =============================================================================
@@ -280,18 +286,20 @@ class Cell:
 
 
 def pipeline_step(cell: Cell, data: dict, batch, res: int, teacher_res: str) -> None:
-    """One training step exactly as train()'s inner loop runs it: the views, irkd.train_step, the sums."""
+    """One training step exactly as train()'s inner loop runs it: views, irkd.train_step, sums."""
     idx, offsets, flips = batch
     xs, xt = data_lib.make_views(data["x"][idx], offsets, flips, res, "resize",
                                  full_view=cell.mode != "CE" and teacher_res == "full")
     if cell.cuda_graphs:
-        torch.compiler.cudagraph_mark_step_begin()   # a new step: the last step's graph outputs are done
-    cell.sums += irkd.train_step(cell.model, cell.loss_fn, cell.opt, xs, data["y"][idx], labels=data["y"][idx],
-                                 teacher_input=xs if xt is None else xt, lr=data["lr"])
+        # a new step: the last step's graph outputs are done
+        torch.compiler.cudagraph_mark_step_begin()
+    cell.sums += irkd.train_step(cell.model, cell.loss_fn, cell.opt, xs, data["y"][idx],
+                                 labels=data["y"][idx], teacher_input=xs if xt is None else xt,
+                                 lr=data["lr"])
 
 
 def bare_student_step(cell: Cell, x: torch.Tensor, y: torch.Tensor, autocast: dict) -> None:
-    """The student alone: forward (explicit attention in KD+Sal), CE on each head, backward, AdamW."""
+    """The student alone: forward (explicit attention in KD+Sal), CE per head, backward, AdamW."""
     if cell.cuda_graphs:
         torch.compiler.cudagraph_mark_step_begin()
     with torch.autocast(**autocast):
@@ -352,7 +360,8 @@ def parse_args(argv: list[str]) -> dict:
         if key == "full":
             key, value, eq = "quick", "false" if value in ("", "true", "1") else "true", "="
         if key not in opts:
-            raise ValueError(f"unknown option --{key}; valid: --full, " + ", ".join(f"--{k}" for k in opts))
+            raise ValueError(f"unknown option --{key}; valid: --full, "
+                             + ", ".join(f"--{k}" for k in opts))
         default = opts[key]
         if isinstance(default, bool):
             value = value if eq else "true"
@@ -378,15 +387,19 @@ def parse_args(argv: list[str]) -> dict:
         raise ValueError("--malloc must be keep (keep_freed_memory) or system (glibc's defaults)")
     if opts["teacher_res"] not in ("same", "full"):
         raise ValueError("--teacher_res must be same or full")
-    res = tuple(int(r) for r in opts["resolutions"].split(",") if r) if opts["resolutions"] else None
+    res = (tuple(int(r) for r in opts["resolutions"].split(",") if r) if opts["resolutions"]
+           else None)
     for r in res or ():
         if not 0 < r <= 32:
             raise ValueError(f"resolution {r} is outside 1..32 (the images are 32 px)")
     plan = PLANS["quick" if opts["quick"] else "full"]
-    opts.update(presets=list(dict.fromkeys(presets)), modes=[m for m in MODES if m in modes],   # no repeats
-                plan={p: (res or plan["presets"][p][0], opts["steps"] or plan["presets"][p][1]) for p in presets},
+    opts.update(presets=list(dict.fromkeys(presets)),                       # no repeats
+                modes=[m for m in MODES if m in modes],
+                plan={p: (res or plan["presets"][p][0], opts["steps"] or plan["presets"][p][1])
+                      for p in presets},
                 warmup=opts["warmup"] if opts["warmup"] >= 0 else plan["warmup"],
-                overhead_res=tuple(r for r in plan["overhead_res"] if res is None or r in res) or (max(res),),
+                overhead_res=(tuple(r for r in plan["overhead_res"] if res is None or r in res)
+                              or (max(res),)),
                 overhead_presets=[p for p in presets if p in plan["overhead_presets"]] or presets,
                 teacher_steps=opts["steps"] or plan["teacher_steps"])
     if opts["steps"] < 0 or opts["batch_size"] < 1:
@@ -394,8 +407,8 @@ def parse_args(argv: list[str]) -> dict:
     for p, (resolutions, _) in opts["plan"].items():
         bad = [r for r in resolutions if r % opts["patch_size"]]
         if bad:
-            raise ValueError(f"{p}: resolutions {bad} are not multiples of --patch_size={opts['patch_size']}; "
-                             f"pass --resolutions=...")
+            raise ValueError(f"{p}: resolutions {bad} are not multiples of "
+                             f"--patch_size={opts['patch_size']}; pass --resolutions=...")
     return opts
 
 
@@ -417,30 +430,33 @@ def run(opts: dict) -> dict:
     all_res = sorted({r for res, _ in opts["plan"].values() for r in res})
     warmup = opts["warmup"]
 
-    print(f"IRKD bench on {runs.device_name(device)}, torch {torch.__version__}, batch {B}, patch {patch}, "
-          f"{'bf16 autocast' if autocast['enabled'] else 'float32'}{', torch.compile' if opts['compile'] else ''}",
-          flush=True)
+    print(f"IRKD bench on {runs.device_name(device)}, torch {torch.__version__}, batch {B}, "
+          f"patch {patch}, {'bf16 autocast' if autocast['enabled'] else 'float32'}"
+          f"{', torch.compile' if opts['compile'] else ''}", flush=True)
     peak_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     timer = Timer(device, opts["patience"])
     peak = matmul_peak(timer, peak_dtype, n=8192 if device.type == "cuda" else 2048,
                        reps=20 if device.type == "cuda" else 5)
-    print(f"matmul peak: {peak['flops_per_s'] / 1e9:.1f} GFLOP/s ({peak['dtype']}, {peak['n']}^3 torch.mm)",
-          flush=True)
+    print(f"matmul peak: {peak['flops_per_s'] / 1e9:.1f} GFLOP/s "
+          f"({peak['dtype']}, {peak['n']}^3 torch.mm)", flush=True)
 
     # Synthetic CIFAR-shaped data: the pipeline's cost does not depend on the pixels.
     g = torch.Generator().manual_seed(opts["seed"])
-    data = dict(x=torch.randint(0, 256, (NUM_IMAGES, 3, 32, 32), generator=g, dtype=torch.uint8).to(device),
+    data = dict(x=torch.randint(0, 256, (NUM_IMAGES, 3, 32, 32), generator=g,
+                                dtype=torch.uint8).to(device),
                 y=torch.randint(0, 10, (NUM_IMAGES,), generator=g).to(device), lr=cfg.lr)
     sampler = data_lib.EpochSampler(NUM_IMAGES, B, opts["seed"], device)
     stream = batches(sampler)
     kd_modes = [m for m in opts["modes"] if m != "CE"]
     teacher = None
     if kd_modes:
-        teacher = irkd.build_model(TEACHER_PRESET, patch_size=patch).to(device).eval().requires_grad_(False)
+        teacher = (irkd.build_model(TEACHER_PRESET, patch_size=patch).to(device).eval()
+                   .requires_grad_(False))
         teacher = maybe_compile(teacher, opts, device)
     t_res = (lambda r: 32) if teacher_res == "full" else (lambda r: r)   # the teacher's input size
     # Ready-made inputs for the bare pieces (student and teacher), at every size they see.
-    fixed = {r: data_lib.resize(data_lib.normalize(data["x"][:B]), r) for r in set(all_res) | {t_res(r) for r in all_res}}
+    fixed = {r: data_lib.resize(data_lib.normalize(data["x"][:B]), r)
+             for r in set(all_res) | {t_res(r) for r in all_res}}
 
     # The teacher's forward, fused (KD) and explicit (KD+Sal), at every resolution it will see.
     teacher_s = {}
@@ -450,12 +466,14 @@ def run(opts: dict) -> dict:
             times = {a: [] for a in attn_flags}
             for i in range(warmup + opts["teacher_steps"]):
                 for a in attn_flags:
-                    t = timer(lambda: teacher_forward(teacher, fixed[r], a, autocast), retry=i >= warmup)
+                    t = timer(lambda: teacher_forward(teacher, fixed[r], a, autocast),
+                              retry=i >= warmup)
                     if i >= warmup:
                         times[a].append(t)
             teacher_s[r] = {a: min(ts) for a, ts in times.items()}
             print(f"teacher {TEACHER_PRESET} forward {r:2d}px: "
-                  + ", ".join(f"{'explicit' if a else 'fused'} {B / s:7.1f} img/s" for a, s in teacher_s[r].items()),
+                  + ", ".join(f"{'explicit' if a else 'fused'} {B / s:7.1f} img/s"
+                              for a, s in teacher_s[r].items()),
                   flush=True)
 
     train, overhead, sync_free, settled = {}, {}, {}, {}
@@ -465,14 +483,17 @@ def run(opts: dict) -> dict:
         students = {}
         for mode in opts["modes"]:
             kd = mode != "CE"
-            if kd not in students:   # KD and KD+Sal train the same kind of student (with a dist token)
+            # KD and KD+Sal train the same kind of student (with a dist token)
+            if kd not in students:
                 torch.manual_seed(opts["seed"])
                 model = irkd.build_model(preset, patch_size=patch, distill_token=kd).to(device)
                 students[kd] = (maybe_compile(model, opts, device), irkd.make_optimizer(model, cfg))
             model, opt = students[kd]
-            loss_fn = irkd.IRKDLoss(teacher if kd else None, alpha=cfg.alpha, temperature=cfg.temperature,
+            loss_fn = irkd.IRKDLoss(teacher if kd else None, alpha=cfg.alpha,
+                                    temperature=cfg.temperature,
                                     gamma=cfg.gamma if mode == "KD+Sal" else 0.0)
-            cells[mode] = Cell(model, loss_fn, opt, mode, cuda_graphs=opts["compile"] and device.type == "cuda")
+            cells[mode] = Cell(model, loss_fn, opt, mode,
+                               cuda_graphs=opts["compile"] and device.type == "cuda")
         for cell in cells.values():
             cell.model.train()
             cell.loss_fn.train()
@@ -489,8 +510,8 @@ def run(opts: dict) -> dict:
             warm = warmup
             if warmup and r == order[0]:
                 biggest = cells[max(cells, key=MODES.index)]
-                settled[preset] = settle(lambda: pipeline_step(biggest, data, next(stream), r, teacher_res),
-                                         device)
+                settled[preset] = settle(
+                    lambda: pipeline_step(biggest, data, next(stream), r, teacher_res), device)
             for i in range(warm + steps):   # rounds interleave the modes and the bare pieces
                 for mode, cell in cells.items():
                     t = timer(lambda: pipeline_step(cell, data, next(stream), r, teacher_res),
@@ -498,29 +519,33 @@ def run(opts: dict) -> dict:
                     if i >= warm:
                         full_t[mode].append(t)
                     if with_bare:
-                        t = timer(lambda: bare_student_step(cell, fixed[r], y_fixed, autocast), retry=i >= warm)
+                        t = timer(lambda: bare_student_step(cell, fixed[r], y_fixed, autocast),
+                                  retry=i >= warm)
                         if i >= warm:
                             bare_t[mode].append(t)
             if device.type == "cuda" and r == order[0]:   # once per preset and mode, warmed up
                 for mode, cell in cells.items():
-                    batch = next(stream)                           # an epoch start copies to the device
+                    batch = next(stream)          # an epoch start copies to the device
                     sync_free.setdefault(preset, {})[mode] = host_sync_free(
                         lambda: pipeline_step(cell, data, batch, r, teacher_res))
             for mode in cells:
                 s = min(full_t[mode])
                 flops = step_flops(preset, mode, r, patch, t_res(r)) * B
                 train[preset][mode][str(r)] = dict(
-                    step_s=s, step_s_median=statistics.median(full_t[mode]), steps=len(full_t[mode]),
-                    step_s_all=full_t[mode],
+                    step_s=s, step_s_median=statistics.median(full_t[mode]),
+                    steps=len(full_t[mode]), step_s_all=full_t[mode],
                     images_per_s=B / s, tokens=num_tokens(r, patch, 1 if mode == "CE" else 2),
-                    gflop_per_step=flops / 1e9, flops_per_s=flops / s, mfu=flops / s / peak["flops_per_s"])
+                    gflop_per_step=flops / 1e9, flops_per_s=flops / s,
+                    mfu=flops / s / peak["flops_per_s"])
                 if with_bare:
                     student = min(bare_t[mode])
                     tch = teacher_s[t_res(r)][mode == "KD+Sal"] if mode != "CE" else 0.0
                     overhead.setdefault(preset, {}).setdefault(mode, {})[str(r)] = dict(
-                        full_step_s=s, bare_student_s=student, bare_teacher_s=tch, ratio=s / (student + tch))
+                        full_step_s=s, bare_student_s=student, bare_teacher_s=tch,
+                        ratio=s / (student + tch))
             print(f"{preset:6s} {r:2d}px: " + ", ".join(
-                f"{m} {train[preset][m][str(r)]['images_per_s']:7.1f} img/s" for m in cells), flush=True)
+                f"{m} {train[preset][m][str(r)]['images_per_s']:7.1f} img/s" for m in cells),
+                flush=True)
         by_res = lambda d: dict(sorted(d.items(), key=lambda kv: int(kv[0])))  # noqa: E731
         train[preset] = {m: by_res(v) for m, v in train[preset].items()}
         if preset in overhead:
@@ -530,9 +555,11 @@ def run(opts: dict) -> dict:
                 raise FloatingPointError(f"{preset}: a non-finite loss in the benchmark steps")
 
     rep = summarise(opts, device, peak, teacher_s, train, overhead)
-    rep["meta"].update(disturbed_measurements=timer.disturbed, waited_for_quiet_s=round(timer.waited_s, 1),
+    rep["meta"].update(disturbed_measurements=timer.disturbed,
+                       waited_for_quiet_s=round(timer.waited_s, 1),
                        malloc="keep_freed_memory" if malloc_tuned else "system")
-    rep["host_sync_free"] = sync_free or None      # CUDA only: {preset: {mode: no host sync in the step}}
+    # CUDA only: {preset: {mode: no host sync in the step}}
+    rep["host_sync_free"] = sync_free or None
     rep["meta"]["settle_steps"] = settled           # untimed steps until the heap stopped growing
     return rep
 
@@ -544,12 +571,15 @@ def summarise(opts, device, peak, teacher_s, train, overhead) -> dict:
     for preset, by_mode in train.items():
         for mode, by_res in by_mode.items():
             if all(str(r) in by_res for r in irkd.RESOLUTIONS):
-                ratio = sum(by_res[str(r)]["step_s"] for r in irkd.RESOLUTIONS) / (6 * by_res["32"]["step_s"])
+                ratio = (sum(by_res[str(r)]["step_s"] for r in irkd.RESOLUTIONS)
+                         / (6 * by_res["32"]["step_s"]))
                 ideal = ideal_curriculum_ratio(irkd.RESOLUTIONS, patch, 1 if mode == "CE" else 2)
-                curriculum.setdefault(preset, {})[mode] = dict(ratio=ratio, ideal=ideal, rel_err=ratio / ideal - 1)
+                curriculum.setdefault(preset, {})[mode] = dict(ratio=ratio, ideal=ideal,
+                                                               rel_err=ratio / ideal - 1)
         if "KD" in by_mode and "KD+Sal" in by_mode:
             common = [r for r in by_mode["KD"] if r in by_mode["KD+Sal"]]
-            per_res = {r: by_mode["KD+Sal"][r]["step_s"] / by_mode["KD"][r]["step_s"] for r in common}
+            per_res = {r: by_mode["KD+Sal"][r]["step_s"] / by_mode["KD"][r]["step_s"]
+                       for r in common}
             summed = (sum(by_mode["KD+Sal"][r]["step_s"] for r in common)
                       / sum(by_mode["KD"][r]["step_s"] for r in common))
             sal[preset] = dict(per_res=per_res, summed=summed)
@@ -557,7 +587,8 @@ def summarise(opts, device, peak, teacher_s, train, overhead) -> dict:
     # Headline numbers: the worst case over everything measured.
     worst_overhead = max((v["ratio"], f"{p} {m} {r}px") for p, bm in overhead.items()
                          for m, br in bm.items() for r, v in br.items()) if overhead else None
-    worst_sal = max((v, f"{p} {r}px") for p, s in sal.items() for r, v in s["per_res"].items()) if sal else None
+    worst_sal = max((v, f"{p} {r}px") for p, s in sal.items()
+                    for r, v in s["per_res"].items()) if sal else None
     worst_cl = max((abs(v["rel_err"]), v["rel_err"], v["ratio"], v["ideal"], f"{p} {m}")
                    for p, bm in curriculum.items() for m, v in bm.items()) if curriculum else None
     targets = {}
@@ -566,33 +597,42 @@ def summarise(opts, device, peak, teacher_s, train, overhead) -> dict:
                                             target=TARGETS["pipeline_overhead"],
                                             met=worst_overhead[0] <= TARGETS["pipeline_overhead"])
     if worst_sal:
-        targets["sal_over_kd"] = dict(value=worst_sal[0], where=worst_sal[1], target=TARGETS["sal_over_kd"],
+        targets["sal_over_kd"] = dict(value=worst_sal[0], where=worst_sal[1],
+                                      target=TARGETS["sal_over_kd"],
                                       met=worst_sal[0] <= TARGETS["sal_over_kd"])
     if worst_cl:
-        targets["curriculum"] = dict(value=worst_cl[2], ideal=worst_cl[3], rel_err=worst_cl[1], where=worst_cl[4],
+        targets["curriculum"] = dict(value=worst_cl[2], ideal=worst_cl[3], rel_err=worst_cl[1],
+                                     where=worst_cl[4],
                                      target=TARGETS["curriculum_rel_err"],
                                      met=abs(worst_cl[1]) <= TARGETS["curriculum_rel_err"])
-    mfu_32 = {p: {m: by_mode[m]["32"]["mfu"] for m in by_mode if "32" in by_mode[m]} for p, by_mode in train.items()}
+    mfu_32 = {p: {m: by_mode[m]["32"]["mfu"] for m in by_mode if "32" in by_mode[m]}
+              for p, by_mode in train.items()}
     return dict(
         meta=dict(device=str(device), device_name=runs.device_name(device), torch=torch.__version__,
                   python=platform.python_version(), threads=torch.get_num_threads(),
                   batch_size=opts["batch_size"], patch_size=patch, teacher=TEACHER_PRESET,
                   teacher_res=opts["teacher_res"], quick=opts["quick"], compile=opts["compile"],
-                  warmup=opts["warmup"], plan={p: dict(resolutions=list(r), steps=s) for p, (r, s) in opts["plan"].items()},
+                  warmup=opts["warmup"],
+                  plan={p: dict(resolutions=list(r), steps=s)
+                        for p, (r, s) in opts["plan"].items()},
                   precision="bf16 autocast" if device.type == "cuda" else "float32",
-                  timing="best of the timed steps (seconds per step)", date=time.strftime("%Y-%m-%d %H:%M:%S")),
+                  timing="best of the timed steps (seconds per step)",
+                  date=time.strftime("%Y-%m-%d %H:%M:%S")),
         peak=peak,
         teacher_forward={str(r): dict(images_per_s=opts["batch_size"] / v[False],
-                                      **({"explicit_images_per_s": opts["batch_size"] / v[True]} if True in v else {}))
+                                      **({"explicit_images_per_s": opts["batch_size"] / v[True]}
+                                         if True in v else {}))
                          for r, v in teacher_s.items()},
-        train=train, overhead=overhead, sal_over_kd=sal, curriculum=curriculum, mfu_32=mfu_32, targets=targets,
+        train=train, overhead=overhead, sal_over_kd=sal, curriculum=curriculum, mfu_32=mfu_32,
+        targets=targets,
         ideal_curriculum_ratio=ideal_curriculum_ratio(irkd.RESOLUTIONS, patch, 2))
 
 
 def format_report(rep: dict) -> str:
     m = rep["meta"]
     res = sorted({int(r) for bm in rep["train"].values() for br in bm.values() for r in br})
-    lines = [f"IRKD bench: {m['device_name']}, torch {m['torch']}, batch {m['batch_size']}, patch {m['patch_size']}, "
+    lines = [f"IRKD bench: {m['device_name']}, torch {m['torch']}, batch {m['batch_size']}, "
+             f"patch {m['patch_size']}, "
              f"{m['precision']}{', torch.compile' if m['compile'] else ''}, malloc {m['malloc']}; "
              f"matmul peak {rep['peak']['flops_per_s'] / 1e9:.1f} GFLOP/s ({rep['peak']['dtype']})",
              "",
@@ -602,7 +642,8 @@ def format_report(rep: dict) -> str:
     for preset, by_mode in rep["train"].items():
         for mode, by_res in by_mode.items():
             row = f"{preset:7s}{mode:8s}" + "".join(
-                f"{by_res[str(r)]['images_per_s']:8.1f}" if str(r) in by_res else f"{'-':>8s}" for r in res)
+                f"{by_res[str(r)]['images_per_s']:8.1f}" if str(r) in by_res else f"{'-':>8s}"
+                for r in res)
             cl = rep["curriculum"].get(preset, {}).get(mode)
             row += f"{cl['ratio']:9.3f}{cl['ideal']:7.3f}" if cl else f"{'-':>9s}{'-':>7s}"
             top = by_res.get("32") or by_res[str(max(int(r) for r in by_res))]
@@ -614,22 +655,28 @@ def format_report(rep: dict) -> str:
             f"{tf[str(r)]['images_per_s']:8.1f}" if str(r) in tf else f"{'-':>8s}" for r in res))
         if any("explicit_images_per_s" in v for v in tf.values()):
             lines.append(f"{'teacher':7s} {'fwd+att':7s}" + "".join(
-                f"{tf[str(r)]['explicit_images_per_s']:8.1f}" if str(r) in tf else f"{'-':>8s}" for r in res))
-    lines.append("(GFLOP/s and MFU at 32 px, or the largest resolution measured; MFU = fraction of the matmul peak)")
+                f"{tf[str(r)]['explicit_images_per_s']:8.1f}" if str(r) in tf else f"{'-':>8s}"
+                for r in res))
+    lines.append("(GFLOP/s and MFU at 32 px, or the largest resolution measured; "
+                 "MFU = fraction of the matmul peak)")
     if rep["overhead"]:
-        lines += ["", "pipeline overhead: full step / (bare student fwd+bwd+step + bare teacher fwd)"]
+        lines += ["",
+                  "pipeline overhead: full step / (bare student fwd+bwd+step + bare teacher fwd)"]
         ores = sorted({int(r) for bm in rep["overhead"].values() for br in bm.values() for r in br})
         lines.append(f"{'preset':7s}{'mode':8s}" + "".join(f"{str(r) + 'px':>8s}" for r in ores))
         for preset, by_mode in rep["overhead"].items():
             for mode, by_res in by_mode.items():
                 lines.append(f"{preset:7s}{mode:8s}" + "".join(
-                    f"{by_res[str(r)]['ratio']:8.3f}" if str(r) in by_res else f"{'-':>8s}" for r in ores))
+                    f"{by_res[str(r)]['ratio']:8.3f}" if str(r) in by_res else f"{'-':>8s}"
+                    for r in ores))
     if rep["sal_over_kd"]:
         lines += ["", "KD+Sal step / KD step"]
-        lines.append(f"{'preset':15s}" + "".join(f"{str(r) + 'px':>8s}" for r in res) + f"{'summed':>9s}")
+        lines.append(f"{'preset':15s}" + "".join(f"{str(r) + 'px':>8s}" for r in res)
+                     + f"{'summed':>9s}")
         for preset, s in rep["sal_over_kd"].items():
             lines.append(f"{preset:15s}" + "".join(
-                f"{s['per_res'][str(r)]:8.3f}" if str(r) in s["per_res"] else f"{'-':>8s}" for r in res)
+                f"{s['per_res'][str(r)]:8.3f}" if str(r) in s["per_res"] else f"{'-':>8s}"
+                for r in res)
                 + f"{s['summed']:9.3f}")
     if rep["targets"]:
         lines += ["", "targets (worst case over what was measured):"]
@@ -644,16 +691,21 @@ def format_report(rep: dict) -> str:
                          f"{'met' if v['met'] else 'NOT met'}  ({v['where']})")
         if "curriculum" in t:
             v = t["curriculum"]
-            lines.append(f"  curriculum cost       {v['value']:.3f}  ideal {v['ideal']:.3f} ({100 * v['rel_err']:+.1f} %, "
-                         f"within {100 * v['target']:.0f} %)   {'met' if v['met'] else 'NOT met'}  ({v['where']})")
+            lines.append(f"  curriculum cost       {v['value']:.3f}  ideal {v['ideal']:.3f} "
+                         f"({100 * v['rel_err']:+.1f} %, within {100 * v['target']:.0f} %)   "
+                         f"{'met' if v['met'] else 'NOT met'}  ({v['where']})")
     if rep.get("host_sync_free"):
-        bad = [f"{p} {mo}" for p, bm in rep["host_sync_free"].items() for mo, ok in bm.items() if not ok]
-        lines += ["", "host synchronisation inside the step: " + (", ".join(bad) if bad else "none")]
+        bad = [f"{p} {mo}" for p, bm in rep["host_sync_free"].items()
+               for mo, ok in bm.items() if not ok]
+        lines += ["",
+                  "host synchronisation inside the step: " + (", ".join(bad) if bad else "none")]
     other = m.get("other_cpu_load")
     lines += ["", f"{m.get('wall_s', 0):.0f} s"
-              + (f"; other processes kept {other:.2f} cores busy on average" if other is not None else "")
-              + (f"; retried {m['disturbed_measurements']} measurement(s) they disturbed, after waiting "
-                 f"{m['waited_for_quiet_s']:.0f} s for quiet" if m.get("disturbed_measurements") else "")]
+              + (f"; other processes kept {other:.2f} cores busy on average"
+                 if other is not None else "")
+              + (f"; retried {m['disturbed_measurements']} measurement(s) they disturbed, "
+                 f"after waiting {m['waited_for_quiet_s']:.0f} s for quiet"
+                 if m.get("disturbed_measurements") else "")]
     return "\n".join(lines)
 
 

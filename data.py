@@ -66,7 +66,17 @@ def download_cifar10(root: str, url: str = CIFAR_URL, md5: str = CIFAR_MD5) -> N
     `cifar-10-batches-py/` is moved into place with one rename, so an interrupted
     download never leaves a half-written dataset behind.
     """
+    created = not os.path.exists(root)
     os.makedirs(root, exist_ok=True)
+    try:
+        _download_into(root, url, md5)
+    except DataError:
+        if created and not os.listdir(root):
+            os.rmdir(root)                # a mistyped --data leaves no empty directory behind
+        raise
+
+
+def _download_into(root: str, url: str, md5: str) -> None:
     with tempfile.TemporaryDirectory(dir=root, prefix=".cifar-download-") as tmp:
         archive = os.path.join(tmp, "cifar-10-python.tar.gz")
         print(f"downloading CIFAR-10 from {url} ...")
@@ -77,8 +87,9 @@ def download_cifar10(root: str, url: str = CIFAR_URL, md5: str = CIFAR_MD5) -> N
             raise DataError(f"could not download CIFAR-10 ({e}). {_where_to_put(root)}") from e
         got = md5sum(archive)
         if got != md5:
-            raise DataError(f"the downloaded archive has md5 {got}, expected {md5}: it is corrupt or "
-                            f"not the official file. Delete it and retry, or {_where_to_put(root)}")
+            raise DataError(f"the downloaded archive has md5 {got}, expected {md5}: it is corrupt "
+                            "or not the official file. Delete it and retry, or "
+                            f"{_where_to_put(root)}")
         wanted = {f"{CIFAR_DIR}/{m}" for m in CIFAR_MEMBERS}
         try:
             with tarfile.open(archive, "r:gz") as tar:
@@ -86,7 +97,8 @@ def download_cifar10(root: str, url: str = CIFAR_URL, md5: str = CIFAR_MD5) -> N
                 members = [m for m in tar.getmembers() if m.name in wanted and m.isfile()]
                 tar.extractall(tmp, members=members)
         except (tarfile.TarError, EOFError, OSError) as e:
-            raise DataError(f"the archive could not be unpacked ({e}). {_where_to_put(root)}") from e
+            raise DataError(f"the archive could not be unpacked ({e}). "
+                            f"{_where_to_put(root)}") from e
         dst = os.path.join(root, CIFAR_DIR)
         if os.path.isdir(dst):
             shutil.rmtree(dst)  # an earlier partial copy; the complete one replaces it
@@ -103,8 +115,8 @@ def _read_batch(path: str, root: str) -> tuple[torch.Tensor, torch.Tensor]:
         labels = torch.as_tensor(labels, dtype=torch.int64)
     except Exception as e:  # truncated pickle, wrong keys, wrong size: all mean "bad file"
         raise DataError(f"{path} is corrupt or truncated ({type(e).__name__}: {e}). "
-                        f"Delete {os.path.join(root, CIFAR_DIR)} and run again to re-download, "
-                        f"or {_where_to_put(root)}") from e
+                        f"Delete {os.path.join(root, CIFAR_DIR)} and run again to re-download it "
+                        f"(this needs the internet), or {_where_to_put(root)}") from e
     if len(labels) == 0 or len(images) != len(labels) or labels.min() < 0 or labels.max() > 9:
         span = f"[{labels.min()}, {labels.max()}]" if len(labels) else "none"
         raise DataError(f"{path} has {len(images)} images, {len(labels)} labels and labels in "
@@ -113,13 +125,20 @@ def _read_batch(path: str, root: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def load_cifar10(root: str = "data", download: bool = True) -> dict[str, torch.Tensor]:
-    """CIFAR-10 as uint8 tensors: train_x (50000, 3, 32, 32), train_y, test_x, test_y."""
+    """CIFAR-10 as uint8 tensors: train_x (50000, 3, 32, 32), train_y, test_x, test_y.
+
+    root holds cifar-10-batches-py/ (or is that folder itself). Missing entirely: the official
+    archive is downloaded. Partial: the missing files are named, nothing is downloaded.
+    """
+    if os.path.basename(os.path.normpath(root)) == CIFAR_DIR and not os.path.isdir(
+            os.path.join(root, CIFAR_DIR)):
+        root = os.path.dirname(os.path.normpath(root)) or "."     # --data pointed one level deep
     folder = os.path.join(root, CIFAR_DIR)
     missing = [f for f in TRAIN_FILES + [TEST_FILE] if not os.path.isfile(os.path.join(folder, f))]
+    if missing and (len(missing) < len(TRAIN_FILES) + 1 or not download):
+        raise DataError(f"CIFAR-10 in {folder} is missing or partial: no {', '.join(missing)}. "
+                        f"{_where_to_put(root)}")
     if missing:
-        if not download:
-            raise DataError(f"CIFAR-10 is missing or partial: no {', '.join(missing)} in {folder}. "
-                            f"{_where_to_put(root)}")
         download_cifar10(root)
     parts = [_read_batch(os.path.join(folder, f), root) for f in TRAIN_FILES]
     test_x, test_y = _read_batch(os.path.join(folder, TEST_FILE), root)
@@ -146,8 +165,8 @@ def prepare(data: dict, *, train_size: int = 0, val_size: int = 0, test_size: in
                val_x=vx[:n(val_size, vx)], val_y=vy[:n(val_size, vx)],
                test_x=sx[:n(test_size, sx)], test_y=sy[:n(test_size, sx)])
     if len(out["train_x"]) < batch_size:
-        raise ValueError(f"{len(out['train_x'])} training images (after holding out 5,000 for validation) "
-                         f"is fewer than one batch of {batch_size}")
+        raise ValueError(f"{len(out['train_x'])} training images (after holding out 5,000 for "
+                         f"validation) is fewer than one batch of {batch_size}")
     return {k: v.to(device) for k, v in out.items()}
 
 
@@ -167,7 +186,7 @@ def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W), or float in [0, 1] -> float32, standardised with the CIFAR-10 mean and std."""
+    """uint8 (B, 3, H, W) or float in [0, 1] -> float32, standardised by CIFAR-10's mean, std."""
     mean, std = _mean_std(x.device)
     return ((x.float() / 255.0 if x.dtype == torch.uint8 else x) - mean) / std
 
@@ -217,9 +236,11 @@ class EpochSampler:
         offsets = torch.randint(0, 32 + 2 * pad - crop + 1, (self.n, 2), generator=g)
         flips = torch.rand(self.n, generator=g) < 0.5
         if not augment:
-            offsets, flips = torch.full_like(offsets, (32 + 2 * pad - crop) // 2), torch.zeros_like(flips)
+            offsets, flips = (torch.full_like(offsets, (32 + 2 * pad - crop) // 2),
+                              torch.zeros_like(flips))
         perm, offsets, flips = (t.to(self.device) for t in (perm, offsets, flips))
-        for i in range(0, self.n - self.batch_size + 1, self.batch_size):  # drop the ragged last batch
+        # drop the ragged last batch
+        for i in range(0, self.n - self.batch_size + 1, self.batch_size):
             idx = perm[i:i + self.batch_size]
             yield idx, offsets[idx], flips[idx]
 
@@ -246,7 +267,8 @@ def make_views(x_uint8: torch.Tensor, offsets, flips, res: int, mode: str, full_
         return resize(full, res), (full if full_view else None)
     if mode == "crop":
         if full_view:
-            raise ValueError("teacher_res='full' needs resize_mode='resize': a crop has no 32-px view")
+            raise ValueError("teacher_res='full' needs resize_mode='resize': "
+                             "a crop has no 32-px view")
         return crop(res), None
     raise ValueError(f"unknown resize_mode {mode!r}; use 'resize' or 'crop'")
 
@@ -276,7 +298,8 @@ def apply_ops(x: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> tor
     mean_gray = gray.mean((2, 3), keepdim=True)                                 # (B, 1, 1, 1)
     blur = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)  # (B, C, H, W)
     lo, hi = x.amin((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)        # (B, C, 1, 1)
-    stretched = torch.where(hi > lo, (x - lo) / (hi - lo).clamp_min(1e-3), x)  # a flat channel stays
+    # autocontrast; a flat channel stays as it is
+    stretched = torch.where(hi > lo, (x - lo) / (hi - lo).clamp_min(1e-3), x)  # (B, C, H, W)
     step = 2.0 ** (m.abs() * 4).round()            # posterize: drop 0..4 of the 8 bits
     values = torch.stack([                          # (8, B, C, H, W), in AUG_OPS order
         x,
@@ -288,8 +311,8 @@ def apply_ops(x: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> tor
         torch.where(x > 1 - m.abs(), 1 - x, x),                        # solarize above 1 - |m|
         stretched,                                                     # autocontrast
     ]).clamp(0, 1)
-    value_op = torch.where(op < _GEOMETRIC, op, 0)                                # geometric: identity here
-    out = values[value_op, torch.arange(B, device=x.device)]                      # (B, C, H, W)
+    value_op = torch.where(op < _GEOMETRIC, op, 0)                # geometric: identity here
+    out = values[value_op, torch.arange(B, device=x.device)]      # (B, C, H, W)
     # The geometric ops share one affine warp; theta is the identity for every other image.
     is_op = {name: op == AUG_OPS.index(name) for name in AUG_OPS[_GEOMETRIC:]}
     mg = magnitude.to(x.dtype)
@@ -338,12 +361,14 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, num_
     """Mixup or CutMix (half the batches each) for the teacher recipe -> (x, soft targets)."""
     B = x.shape[0]
     perm = torch.randperm(B, generator=generator)
-    # pinned + non_blocking: a plain host-to-GPU copy would wait for the queued work (a sync per step)
+    # pinned + non_blocking: a plain host-to-GPU copy would wait for the queued work (a sync
+    # per step)
     perm = perm.pin_memory().to(x.device, non_blocking=True) if x.is_cuda else perm.to(x.device)
     use_cutmix = torch.rand(1, generator=generator).item() < 0.5
     alpha = cutmix_alpha if use_cutmix else mixup_alpha
     # Beta(alpha, alpha) from the same generator, so the run stays a function of its seed.
-    lam = float(np.random.default_rng(int(torch.randint(2**31, (1,), generator=generator))).beta(alpha, alpha))
+    lam = float(np.random.default_rng(int(torch.randint(2**31, (1,), generator=generator)))
+                .beta(alpha, alpha))
     if use_cutmix:
         H, W = x.shape[-2:]
         ch, cw = int(H * math.sqrt(1 - lam)), int(W * math.sqrt(1 - lam))
@@ -360,7 +385,8 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, num_
     return x, lam * one_hot + (1 - lam) * one_hot[perm]
 
 
-def recipe_extras(x: torch.Tensor, labels: torch.Tensor, *, aug_gen: torch.Generator, erasing: float = 0.0,
+def recipe_extras(x: torch.Tensor, labels: torch.Tensor, *, aug_gen: torch.Generator,
+                  erasing: float = 0.0,
                   mix_gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The teacher recipe's extras on a normalised batch -> (x, the loss target).
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 import data as data_lib
 import runs
@@ -37,28 +38,33 @@ PRESETS = {
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention; returns its probabilities too when asked (for saliency)."""
+
     def __init__(self, *, dim: int, heads: int, dropout: float = 0.0):
         super().__init__()
         self.heads, self.dropout = heads, dropout
+        # 1/sqrt(head dim) keeps the logits at unit scale; SDPA's default is the same value
         self.scale = (dim // heads) ** -0.5
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = nn.Linear(dim, 3 * dim)         # q, k and v of every head in one matmul
+        self.proj = nn.Linear(dim, dim)            # mixes the heads' outputs
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, return_attn: bool = False):
+        # B batch, N tokens (prefix + patches), D width, H heads of D/H channels each
         B, N, D = x.shape
         H = self.heads
         qkv = self.qkv(x).reshape(B, N, 3, H, D // H).permute(2, 0, 3, 1, 4)  # (3, B, H, N, D/H)
-        q, k, v = qkv.unbind(0)
+        q, k, v = qkv.unbind(0)                                                # each (B, H, N, D/H)
         attn = None
         if return_attn:
             # Explicit path: the probabilities are a named step so rollout can use them.
             attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)  # (B, H, N, N)
-            out = self.drop(attn) @ v
+            out = self.drop(attn) @ v                                          # (B, H, N, D/H)
         else:
             # Fused path (flash / memory-efficient kernels): same maths, no N x N tensor kept.
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        out = out.transpose(1, 2).reshape(B, N, D)                              # (B, N, D)
+            out = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.dropout if self.training else 0.0)     # (B, H, N, D/H)
+        out = out.transpose(1, 2).reshape(B, N, D)     # (B, N, D): the heads side by side again
         return self.drop(self.proj(out)), attn
 
 
@@ -67,16 +73,20 @@ class Block(nn.Module):
 
     def __init__(self, *, dim: int, heads: int, mlp_dim: int, dropout: float = 0.0):
         super().__init__()
+        # pre-norm: each sublayer sees a normalised copy; the residual stream itself is
+        # never normalised, so every block can only add to it
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim=dim, heads=heads, dropout=dropout)
         self.norm2 = nn.LayerNorm(dim)
+        # the MLP works on each token alone: widen to mlp_dim, GELU, back to dim
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(mlp_dim, dim), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor, return_attn: bool = False):
+        # x: (B, N, D) tokens; attn: (B, heads, N, N) probabilities, or None
         a, attn = self.attn(self.norm1(x), return_attn)
-        x = x + a
-        x = x + self.mlp(self.norm2(x))
+        x = x + a                                  # tokens exchange information
+        x = x + self.mlp(self.norm2(x))            # each token is transformed alone; (B, N, D)
         return x, attn
 
 
@@ -94,25 +104,30 @@ class ViT(nn.Module):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f"patch size {patch_size} does not divide the image size {img_size}")
-        self.patch_size, self.grid = patch_size, img_size // patch_size
-        self.num_prefix = 2 if distill_token else 1
+        self.patch_size, self.grid = patch_size, img_size // patch_size  # grid: patches per side
+        self.num_prefix = 2 if distill_token else 1                      # cls (+ dist) token
+        # a p x p convolution with stride p: one shared linear map applied to every patch
         self.patch_embed = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.dist_token = nn.Parameter(torch.zeros(1, 1, dim)) if distill_token else None
+        # a row per prefix token and per patch of the native grid; pos_embed_for resamples it
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix + self.grid ** 2, dim))
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
             [Block(dim=dim, heads=heads, mlp_dim=mlp_dim, dropout=dropout) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
+        # the heads read the final cls token and dist token; the patches feed them via attention
         self.head = nn.Linear(dim, num_classes)
         self.head_dist = nn.Linear(dim, num_classes) if distill_token else None
         self.apply(self._init_weights)
+        # the learned tokens start as small random vectors (std 0.02, as in ViT / DeiT)
         for p in (self.pos_embed, self.cls_token, self.dist_token):
             if p is not None:
                 nn.init.trunc_normal_(p, std=0.02)
 
     @staticmethod
     def _init_weights(m: nn.Module):
+        # ViT / DeiT init for Linear and LayerNorm; the patch convolution keeps PyTorch's default
         if isinstance(m, nn.Linear):
             nn.init.trunc_normal_(m.weight, std=0.02)
             nn.init.zeros_(m.bias)
@@ -131,13 +146,18 @@ class ViT(nn.Module):
             return self.pos_embed
         prefix, patches = self.pos_embed[:, :self.num_prefix], self.pos_embed[:, self.num_prefix:]
         D = patches.shape[-1]
-        patches = patches.float().reshape(1, self.grid, self.grid, D).permute(0, 3, 1, 2)  # (1, D, g, g)
+        # the rows as a D-channel image of the native g x g grid, so it can be resampled
+        patches = (patches.float().reshape(1, self.grid, self.grid, D)
+                   .permute(0, 3, 1, 2))                                   # (1, D, g, g)
+        # antialiasing only where the grid shrinks, so no row is skipped over
         patches = F.interpolate(patches, size=(gh, gw), mode="bicubic", align_corners=False,
                                 antialias=gh < self.grid or gw < self.grid)
-        patches = patches.permute(0, 2, 3, 1).reshape(1, gh * gw, D)                      # (1, gh*gw, D)
-        return torch.cat([prefix, patches.to(prefix.dtype)], dim=1)
+        patches = patches.permute(0, 2, 3, 1).reshape(1, gh * gw, D)      # (1, gh*gw, D)
+        return torch.cat([prefix, patches.to(prefix.dtype)], dim=1)        # (1, N, D)
 
     def forward(self, x: torch.Tensor, return_attn: bool = False):
+        # B batch, H x W pixels, p patch size, gh x gw patches, D width, C classes,
+        # N = num_prefix + gh*gw tokens
         B, _, H, W = x.shape
         p = self.patch_size
         if H % p or W % p:
@@ -146,27 +166,29 @@ class ViT(nn.Module):
         x = self.patch_embed(x)                                   # (B, D, H/p, W/p)
         gh, gw = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2)                          # (B, gh*gw, D)
-        prefix = [self.cls_token.expand(B, -1, -1)]
+        prefix = [self.cls_token.expand(B, -1, -1)]               # (B, 1, D): one shared token
         if self.dist_token is not None:
             prefix.append(self.dist_token.expand(B, -1, -1))
         x = torch.cat(prefix + [x], dim=1)                        # (B, N = num_prefix + gh*gw, D)
-        x = self.drop(x + self.pos_embed_for(gh, gw))
-        attentions = []
+        x = self.drop(x + self.pos_embed_for(gh, gw))             # positions for this grid
+        attentions = []                                           # per block (B, heads, N, N)
         for block in self.blocks:
             x, attn = block(x, return_attn)
             attentions.append(attn)
         x = self.norm(x)
-        logits = self.head(x[:, 0])
+        logits = self.head(x[:, 0])                               # (B, C) from the cls token
         if self.head_dist is not None:
             # Always both heads, in training and evaluation: the caller decides how to combine.
-            logits = (logits, self.head_dist(x[:, 1]))
+            logits = (logits, self.head_dist(x[:, 1]))            # + (B, C) from the dist token
         return (logits, attentions) if return_attn else logits
 
 
-def build_model(preset: str, *, patch_size: int, distill_token: bool = False, dropout: float = 0.0) -> ViT:
+def build_model(preset: str, *, patch_size: int, distill_token: bool = False,
+                dropout: float = 0.0) -> ViT:
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; valid: {', '.join(PRESETS)}")
-    return ViT(**PRESETS[preset], patch_size=patch_size, distill_token=distill_token, dropout=dropout)
+    return ViT(**PRESETS[preset], patch_size=patch_size, distill_token=distill_token,
+               dropout=dropout)
 
 
 def count_params(model: nn.Module) -> int:
@@ -184,15 +206,18 @@ def attention_rollout(attentions: list[torch.Tensor], token: int = 0, num_prefix
     attentions: per layer (B, heads, N, N) probabilities. Pure, batched and
     differentiable, so the student's map can be trained.
     """
+    # B batch, N tokens = num_prefix + g*g patches; a layer's row i: where token i reads from
     B, _, N, _ = attentions[0].shape
     n_patches = N - num_prefix
     g = math.isqrt(n_patches)
     if g * g != n_patches:
-        raise ValueError(f"{n_patches} patch tokens (N={N}, num_prefix={num_prefix}) is not a square grid")
+        raise ValueError(f"{n_patches} patch tokens (N={N}, num_prefix={num_prefix}) "
+                         "is not a square grid")
     eye = torch.eye(N, device=attentions[0].device)
-    rollout = eye.expand(B, N, N)
+    rollout = eye.expand(B, N, N)                                  # (B, N, N): before any layer
     for attn in attentions:
-        attn = attn.float()
+        attn = attn.float()                                        # a bf16 product would drift
+        # one (B, N, N) matrix per layer: the heads fused into one flow
         if head_fusion == "mean":
             a = attn.mean(dim=1)                                   # (B, N, N)
         elif head_fusion == "max":
@@ -212,7 +237,7 @@ def attention_rollout(attentions: list[torch.Tensor], token: int = 0, num_prefix
             if k > 0:
                 scores = a.masked_fill(protected, float("inf")).flatten(1)  # (B, N*N)
                 drop = scores.topk(k, dim=1, largest=False).indices
-                a = a.flatten(1).scatter(1, drop, 0.0).view(B, N, N)
+                a = a.flatten(1).scatter(1, drop, 0.0).view(B, N, N)  # (B, N, N)
         a = (a + eye) / 2                                          # the residual connection
         a = a / a.sum(dim=-1, keepdim=True)                        # rows sum to one again
         rollout = a @ rollout                                      # later layers on the left
@@ -221,14 +246,18 @@ def attention_rollout(attentions: list[torch.Tensor], token: int = 0, num_prefix
 
 def minmax_normalize(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Scale each map to [0, 1]; eps keeps a flat map finite (it becomes all zeros)."""
-    flat = maps.flatten(1)
+    flat = maps.flatten(1)                                 # (B, everything after the batch)
     lo, hi = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
-    return ((flat - lo) / (hi - lo + eps)).view_as(maps)
+    return ((flat - lo) / (hi - lo + eps)).view_as(maps)   # back to the maps' shape
 
 
 def saliency_loss(student_map: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tensor:
-    """MSE between min-max normalised maps; a finer teacher map is area-pooled to the student grid."""
+    """MSE between min-max normalised maps (B, gh, gw).
+
+    A finer teacher map is area-pooled to the student's grid first.
+    """
     if teacher_map.shape[-2:] != student_map.shape[-2:]:
+        # (B, 1, gh', gw') -> pooled to (B, 1, gh, gw) -> (B, gh, gw)
         teacher_map = F.adaptive_avg_pool2d(teacher_map[:, None], student_map.shape[-2:])[:, 0]
     return F.mse_loss(minmax_normalize(student_map), minmax_normalize(teacher_map))
 
@@ -275,14 +304,15 @@ def token_gradcam(logits: torch.Tensor, tokens: list[torch.Tensor], target: torc
     blocks before the last (or a probe, saliency="probe") carry signal. With create_graph=True
     the map stays differentiable (second order), so a loss on it trains the student.
     """
-    score = logits.float().gather(1, target[:, None]).sum()
+    # logits (B, C); tokens and their grads: per captured layer (B, N, D)
+    score = logits.float().gather(1, target[:, None]).sum()    # samples are independent: sum
     grads = torch.autograd.grad(score, tokens, create_graph=create_graph)
     cams = [F.relu((g[:, num_prefix:].float().mean(dim=1, keepdim=True)
-                    * h[:, num_prefix:].float()).sum(-1))                          # (B, n_patches)
+                    * h[:, num_prefix:].float()).sum(-1))                      # (B, n_patches)
             for h, g in zip(tokens, grads)]
-    cam = torch.stack(cams).mean(0)
+    cam = torch.stack(cams).mean(0)                       # (L, B, n_patches) -> (B, n_patches)
     side = math.isqrt(cam.shape[1])
-    return cam.reshape(-1, side, side)                                                 # (B, gh, gw)
+    return cam.reshape(-1, side, side)                                         # (B, gh, gw)
 
 
 # The two saliency methods the original notebooks (github.com/Soobiwan/IRKD) ran, replayed.
@@ -298,12 +328,13 @@ def _square(n: int) -> int:
 
 
 def area_pool_grid(maps: torch.Tensor, size) -> torch.Tensor:
-    """Area-pool (..., gh, gw) maps to the grid `size`, as saliency_loss pools a finer teacher map."""
+    """Area-pool (..., gh, gw) maps to the grid `size`, as saliency_loss pools a teacher map."""
     size = tuple(size)
     if tuple(maps.shape[-2:]) == size:
         return maps
+    # every leading dim folded into the batch: (M, 1, gh, gw), one channel per map
     pooled = F.adaptive_avg_pool2d(maps.reshape(-1, 1, *maps.shape[-2:]), size)
-    return pooled.view(*maps.shape[:-2], *size)
+    return pooled.view(*maps.shape[:-2], *size)                    # (..., size[0], size[1])
 
 
 def cls_attention_maps(attentions: list[torch.Tensor], num_prefix: int) -> torch.Tensor:
@@ -314,9 +345,10 @@ def cls_attention_maps(attentions: list[torch.Tensor], num_prefix: int) -> torch
     gradients and no rollout; attn_saliency_loss does the min-max normalisation and the MSE.
     attentions: per layer (B, heads, N, N) probabilities, tokens [cls, (dist), patches].
     """
-    a = torch.stack([layer.float().mean(dim=1)[:, 0, num_prefix:] for layer in attentions])  # (L, B, n)
+    a = torch.stack([layer.float().mean(dim=1)[:, 0, num_prefix:]
+                     for layer in attentions])                                 # (L, B, n)
     g = _square(a.shape[-1])
-    return a.reshape(*a.shape[:2], g, g)
+    return a.reshape(*a.shape[:2], g, g)                                       # (L, B, gh, gw)
 
 
 def attn_saliency_loss(student_maps: torch.Tensor, teacher_maps: torch.Tensor) -> torch.Tensor:
@@ -329,9 +361,10 @@ def attn_saliency_loss(student_maps: torch.Tensor, teacher_maps: torch.Tensor) -
     have resized the student's normalised map bilinearly, a branch its runs never reached.
     """
     L = min(len(student_maps), len(teacher_maps))
-    s = student_maps[:L].flatten(0, 1)                                             # (L*B, gh, gw)
-    t = area_pool_grid(teacher_maps[:L], student_maps.shape[-2:]).flatten(0, 1)
-    return F.mse_loss(minmax_normalize(s, 1e-8), minmax_normalize(t, 1e-8))      # = mean of layer MSEs
+    s = student_maps[:L].flatten(0, 1)                                         # (L*B, gh, gw)
+    t = area_pool_grid(teacher_maps[:L], student_maps.shape[-2:]).flatten(0, 1)  # (L*B, gh, gw)
+    # every layer has the same B*gh*gw terms, so one MSE over all = the mean of layer MSEs
+    return F.mse_loss(minmax_normalize(s, 1e-8), minmax_normalize(t, 1e-8))
 
 
 def probe_layers(depth: int) -> list[int]:
@@ -343,7 +376,7 @@ def probe_layers(depth: int) -> list[int]:
 
 def probe_gradient_maps(tokens: list[torch.Tensor], head: nn.Module, num_prefix: int,
                         create_graph: bool) -> torch.Tensor:
-    """Per-class gradient maps of a linear probe on each layer's patch features -> (L, B, gh, gw, C), raw.
+    """Per-class gradient maps of a linear probe on each layer's patches -> (L, B, gh, gw, C), raw.
 
     Replays SaliencyDistiller.compute_attention_map / saliency_loss of
     P_2_OUR_STUDENT_SAL_MAP.ipynb (cell 1, lines 91-132) and P_2_SaliencyMap.ipynb (cell 1,
@@ -379,8 +412,8 @@ def probe_gradient_maps(tokens: list[torch.Tensor], head: nn.Module, num_prefix:
             m = (F.relu(P) @ F.relu(w).transpose(1, 2)
                  + F.relu(-P) @ F.relu(-w).transpose(1, 2))                        # (B, n, C)
             g = _square(n)
-            maps.append(m.reshape(m.shape[0], g, g, m.shape[-1]))
-    return torch.stack(maps)                                                       # (L, B, gh, gw, C)
+            maps.append(m.reshape(m.shape[0], g, g, m.shape[-1]))                 # (B, gh, gw, C)
+    return torch.stack(maps)                                                   # (L, B, gh, gw, C)
 
 
 def probe_saliency_loss(student_maps: torch.Tensor, teacher_maps: torch.Tensor) -> torch.Tensor:
@@ -392,10 +425,13 @@ def probe_saliency_loss(student_maps: torch.Tensor, teacher_maps: torch.Tensor) 
     before normalising, as saliency_loss does.
     """
     if len(student_maps) != len(teacher_maps):
-        raise ValueError(f"{len(student_maps)} student layers against {len(teacher_maps)} teacher layers")
+        raise ValueError(f"{len(student_maps)} student layers against "
+                         f"{len(teacher_maps)} teacher layers")
+    # maps are (L, B, gh, gw, C): the classes move out of the way of the pooled grid and back
     t = area_pool_grid(teacher_maps.movedim(-1, -3), student_maps.shape[-3:-1]).movedim(-3, -1)
-    s, t = minmax_normalize(student_maps.flatten(0, 1), 1e-6), minmax_normalize(t.flatten(0, 1), 1e-6)
-    return ((s - t) ** 2).reshape(len(student_maps), -1).mean(dim=1).sum()
+    s, t = (minmax_normalize(student_maps.flatten(0, 1), 1e-6),             # (L*B, gh, gw, C)
+            minmax_normalize(t.flatten(0, 1), 1e-6))
+    return ((s - t) ** 2).reshape(len(student_maps), -1).mean(dim=1).sum()  # (L, ...): per layer
 
 # =============================================================================
 # 3. Losses
@@ -432,9 +468,10 @@ class IRKDLoss(nn.Module):
     Without a teacher it is plain cross-entropy (with optional label smoothing).
     """
 
-    def __init__(self, teacher: nn.Module | None = None, *, alpha: float = 0.5, temperature: float = 4.0,
-                 hard: bool = False, gamma: float = 0.0, label_smoothing: float = 0.0,
-                 saliency: str = "rollout", loss_form: str = "convex"):
+    def __init__(self, teacher: nn.Module | None = None, *, alpha: float = 0.5,
+                 temperature: float = 4.0, hard: bool = False, gamma: float = 0.0,
+                 label_smoothing: float = 0.0, saliency: str = "rollout",
+                 loss_form: str = "convex"):
         super().__init__()
         if loss_form not in ("convex", "paper"):
             raise ValueError(f"loss_form={loss_form!r}; valid: convex, paper")
@@ -442,6 +479,7 @@ class IRKDLoss(nn.Module):
         self.ce_weight = 1 - alpha if loss_form == "convex" else 1.0
         self.teacher = teacher
         if teacher is not None:
+            # frozen: no dropout, and no parameter gradients (the student's step never moves it)
             teacher.eval().requires_grad_(False)
         self.alpha, self.temperature, self.hard = alpha, temperature, hard
         self.gamma, self.label_smoothing, self.saliency = gamma, label_smoothing, saliency
@@ -480,33 +518,41 @@ class IRKDLoss(nn.Module):
                 own view, or the 32-px one (teacher_res="full").
             student: the student module; saliency="probe" only (its head is the probe).
         """
-        cls_logits = outputs[0] if isinstance(outputs, tuple) else outputs
+        # B batch, C classes; y: (B,) labels, or (B, C) soft targets
+        cls_logits = outputs[0] if isinstance(outputs, tuple) else outputs      # (B, C)
         ce = F.cross_entropy(cls_logits, y, label_smoothing=self.label_smoothing)
         parts = {"ce": ce.detach()}
         if self.teacher is None:
             return ce, parts
         if self.gamma == 0:
+            # KD alone reads only the teacher's logits: no graph, and the fused attention path
             with torch.no_grad():
-                t_logits = self.teacher(teacher_input)
+                t_logits = self.teacher(teacher_input)                          # (B, C)
         else:
             if self.saliency == "probe" and student is None:
                 raise ValueError("saliency='probe' needs student= (its head is the probe)")
             layers = self.token_layers(len(student.blocks)) if self.saliency == "probe" else None
             t_logits, t_map = self.teacher_saliency(teacher_input, y, layers)
+        # the dist head (outputs[1]) learns from the teacher, the cls head from the labels
         kd = kd_loss(outputs[1], t_logits, self.temperature, self.hard)
         loss = self.ce_weight * ce + self.alpha * kd
         parts["kd"] = kd.detach()
         if self.gamma > 0:
+            # num_prefix=2: a distilled student has [cls, dist] before its patches; each loss
+            # pools a finer teacher map (t_map) to the student's grid
             if self.saliency == "rollout":
-                s_map = attention_rollout(internals, num_prefix=2)           # student: cls row
+                s_map = attention_rollout(internals, num_prefix=2)  # (B, gh, gw), the cls row
                 sal = saliency_loss(s_map, t_map)
             elif self.saliency == "grad":
-                s_map = token_gradcam(cls_logits, internals, y, num_prefix=2, create_graph=True)
+                s_map = token_gradcam(cls_logits, internals, y, num_prefix=2,
+                                      create_graph=True)            # (B, gh, gw)
                 sal = saliency_loss(s_map, t_map)
             elif self.saliency == "attn":
+                # (L, B, gh, gw): the raw cls-row attention of every layer
                 sal = attn_saliency_loss(cls_attention_maps(internals, num_prefix=2), t_map)
             else:                                                            # probe
-                s_maps = probe_gradient_maps(internals, student.head, num_prefix=2, create_graph=True)
+                s_maps = probe_gradient_maps(internals, student.head, num_prefix=2,
+                                             create_graph=True)     # (L, B, gh, gw, C)
                 sal = probe_saliency_loss(s_maps, t_map)
             loss = loss + self.gamma * sal
             parts["sal"] = sal.detach()
@@ -524,16 +570,20 @@ class IRKDLoss(nn.Module):
                 logits, attn = t(x, return_attn=True)
             if self.saliency == "attn":
                 return logits, cls_attention_maps(attn, num_prefix=t.num_prefix)   # (L, B, gh, gw)
-            return logits, attention_rollout(attn, num_prefix=t.num_prefix)
+            return logits, attention_rollout(attn, num_prefix=t.num_prefix)       # (B, gh, gw)
         if self.saliency == "probe":
             layers = probe_layers(len(t.blocks)) if layers is None else layers
             if max(layers) >= len(t.blocks):
-                raise ValueError(f"saliency='probe' reads blocks {layers}; the teacher has {len(t.blocks)}")
+                raise ValueError(f"saliency='probe' reads blocks {layers}; "
+                                 f"the teacher has {len(t.blocks)}")
+            # the probe's gradients start at the captured tokens, so the forward needs no graph
             with torch.no_grad(), capture_tokens(t, layers) as tokens:
                 logits = t(x)
-            return logits, probe_gradient_maps(tokens, t.head, t.num_prefix, create_graph=False)
+            return logits, probe_gradient_maps(tokens, t.head, t.num_prefix,
+                                               create_graph=False)  # (L, B, gh, gw, C)
         # Grad-CAM needs gradients inside the frozen teacher: take them w.r.t. its tokens only.
         with torch.enable_grad(), capture_tokens(t, grad_layers(len(t.blocks))) as tokens:
+            # its parameters are frozen, so an input that needs grad is what builds the graph
             logits = t(x.detach().requires_grad_(True))
             cam = token_gradcam(logits, tokens, y, num_prefix=t.num_prefix, create_graph=False)
         return logits.detach(), cam.detach()
@@ -559,7 +609,8 @@ class Config:
     epochs: int = 60
     fresh_optimizer: bool = True       # re-create AdamW at every stage (the paper)
     resize_mode: str = "resize"        # "resize" (paper's idea) or "crop" (the original code)
-    augment: str = "crop_flip"         # "crop_flip" (random crop of the padded image + flip), "none"
+    augment: str = "crop_flip"         # "crop_flip" (random crop of the padded image + flip)
+                                       # or "none"
     # optimisation
     batch_size: int = 128
     lr: float = 3e-4
@@ -576,16 +627,23 @@ class Config:
     temperature: float = 4.0
     hard_kd: bool = False
     gamma: float = 0.8
-    saliency: str = "rollout"          # a key of SALIENCY: "rollout" (attention rollout), "grad" (token Grad-CAM,
-                                       # this repo's), "attn" / "probe" (the notebooks' two, see section 2)
+    saliency: str = "rollout"          # a key of SALIENCY: "rollout" (attention rollout), "grad"
+                                       # (token Grad-CAM, this repo's), "attn" / "probe" (the
+                                       # notebooks' two, see section 2)
     teacher: str = ""                  # checkpoint path; empty = the cached default teacher
     teacher_model: str = "small"       # the teacher's preset (its recipe is in teacher.py)
     teacher_patch: int = 0             # the teacher's patch size; 0 = the student's
+    teacher_recipe: str = "default"    # "default" (teacher.py) or "original" (the notebooks' p4
+                                       # teacher)
     teacher_epochs: int = 135
     teacher_res: str = "same"          # "same": the student's view; "full": the 32-px view
     # what is reported, and which weights
-    head: str = "avg"                  # "avg" (mean of the two heads' softmax) or "cls" (the original)
-    select: str = "last"               # "last" epoch's weights, or "best" validation epoch's (at 32 px)
+    head: str = "avg"                  # "avg" (mean of the two heads' softmax) or "cls"
+                                       # (the original)
+    select: str = "last"               # "last" epoch's weights, or "best" validation epoch's
+                                       # (at 32 px)
+    patience: int = 0                  # > 0: end a stage after this many epochs without a
+                                       # better validation accuracy
     test_epochs: tuple = ()            # epochs after which the model is also tested at 32 px
     # data and bookkeeping
     data: str = "data"
@@ -625,15 +683,15 @@ class Config:
         choices = dict(resize_mode=("resize", "crop"), schedule=("constant", "onecycle"),
                        teacher_res=("same", "full"), saliency=SALIENCY,
                        augment=("crop_flip", "none"), head=("avg", "cls"), select=("last", "best"),
-                       loss_form=("convex", "paper"))
+                       loss_form=("convex", "paper"), teacher_recipe=("default", "original"))
         for k, valid in choices.items():
             if getattr(self, k) not in valid:
                 bad(f"{k}={getattr(self, k)!r}; valid: {', '.join(valid)}")
         if self.sal and not self.kd:
             bad("sal=True needs kd=True (the saliency target comes from the teacher)")
-        if (self.mixup or self.randaug or self.erasing) and self.kd:
-            bad("mixup, randaug and erasing are part of the teacher recipe; they cannot be combined with kd "
-                "(the teacher would have to see the same altered images)")
+        if self.kd and (self.mixup or (self.erasing and self.teacher_res == "full")):
+            bad("mixup, and erasing with teacher_res='full', cannot be combined with kd: the "
+                "teacher would not see the images the student sees")
         if self.compile and self.sal and self.saliency == "probe":
             bad("compile=True is not supported with saliency='probe' (forward hooks on compiled "
                 "graphs are untested here); use --compile=false or --saliency=rollout")
@@ -647,6 +705,8 @@ class Config:
                                          and any(r % t_patch for r in self.resolutions))):
             bad(f"teacher_patch={t_patch} must divide 32 and, with teacher_res='same', every "
                 f"curriculum resolution {self.resolutions}")
+        if self.patience < 0:
+            bad(f"patience={self.patience}: 0 (no early stopping) or a number of epochs")
         if any(not 1 <= e <= self.epochs for e in self.test_epochs):
             bad(f"test_epochs={self.test_epochs}: each must be an epoch in 1..{self.epochs}")
 
@@ -676,7 +736,8 @@ def lr_at(cfg: Config, step: int, total_steps: int, warmup_steps: int) -> float:
 
 
 def model_args(cfg: Config) -> dict:
-    return dict(preset=cfg.model, patch_size=cfg.patch_size, distill_token=cfg.kd, dropout=cfg.dropout)
+    return dict(preset=cfg.model, patch_size=cfg.patch_size, distill_token=cfg.kd,
+                dropout=cfg.dropout)
 
 
 def load_model(path: str, device: torch.device | str = "cpu") -> tuple[ViT, dict]:
@@ -686,11 +747,14 @@ def load_model(path: str, device: torch.device | str = "cpu") -> tuple[ViT, dict
         model = build_model(**ckpt["model_args"])
         model.load_state_dict(ckpt["model"])
     except FileNotFoundError:
-        raise FileNotFoundError(f"no checkpoint at {path}; pass the model.pt of a trained run") from None
+        raise FileNotFoundError(f"no checkpoint at {path}; "
+                                "pass the model.pt of a trained run") from None
     except Exception as e:
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""  # torch's text is long
+        # the first line of torch's message, which is long
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
         raise ValueError(f"{path} is not a model.pt written by this project ({type(e).__name__}: "
-                         f"{reason}); pass the model.pt of a trained teacher (runs/teacher_*/model.pt)") from e
+                         f"{reason}); pass the model.pt of a trained teacher "
+                         "(runs/teacher_*/model.pt)") from e
     return model.to(device), ckpt
 
 
@@ -710,31 +774,38 @@ def saliency_snapshot(model: nn.Module, teacher: nn.Module | None, images: torch
     return snap
 
 def train_step(model: nn.Module, loss_fn: IRKDLoss, opt: torch.optim.Optimizer, x: torch.Tensor,
-               target: torch.Tensor, *, labels: torch.Tensor, teacher_input: torch.Tensor, lr: float):
+               target: torch.Tensor, *, labels: torch.Tensor, teacher_input: torch.Tensor,
+               lr: float):
     """One AdamW step on a prepared batch -> (loss, ce, kd, sal, correct) as one device tensor.
 
     x: the student's view (B, 3, res, res); target: labels (B,) or soft targets (B, C);
     labels: for the accuracy count; teacher_input: the teacher's view of the same images.
     Nothing here waits for the device (bench.py times this same function).
     """
+    # B batch, C classes, N tokens, D width
     for group in opt.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr                       # the schedule is a plain number per step (lr_at)
     # grad and probe read chosen blocks' output tokens; rollout and attn the attention probabilities
     layers = loss_fn.token_layers(len(model.blocks))
     on_cuda = x.device.type == "cuda"
+    # bf16 autocast on CUDA only: a CPU run stays in float32
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=on_cuda), \
             capture_tokens(model, layers) as tokens:
         out = model(x, return_attn=loss_fn.needs_attn)
+        # out: (B, C) logits, or a (cls, dist) pair; attns: per block (B, heads, N, N)
         out, attns = out if loss_fn.needs_attn else (out, None)
+        # tokens: per captured block (B, N, D), filled by the hooks during the forward
         loss, parts = loss_fn(out, tokens if layers else attns, target, teacher_input=teacher_input,
                               student=model)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    cls_logits = out[0] if isinstance(out, tuple) else out
-    zero = loss.new_zeros(())
+    cls_logits = out[0] if isinstance(out, tuple) else out                      # (B, C)
+    zero = loss.new_zeros(())                  # the kd and sal slots of a run without them
+    # (5,) on the device: train() sums it over the epoch and reads it once at the end
     return torch.stack([loss.detach().float(), parts["ce"].float(), parts.get("kd", zero).float(),
-                        parts.get("sal", zero).float(), (cls_logits.argmax(-1) == labels).sum().float()])
+                        parts.get("sal", zero).float(),
+                        (cls_logits.argmax(-1) == labels).sum().float()])
 
 
 def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = None,
@@ -744,20 +815,22 @@ def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = 
     teacher: the frozen teacher when cfg.kd; data: load_cifar10()'s dict (read from
     cfg.data when None). runs.Run writes runs/NAME/ and resumes a run that was cut short.
     """
-    cfg.check()
+    cfg.check()                                 # a bad config fails here, before any work
     if cfg.kd and teacher is None:
         raise ValueError(f"config {cfg.name!r} has kd=True but no teacher was given")
-    run = runs.Run(cfg, teacher_info=teacher_info)        # device, runs/NAME/, a checkpoint to resume
+    run = runs.Run(cfg, teacher_info=teacher_info)  # device, runs/NAME/, a checkpoint to resume
     device = run.device
-    d = data_lib.prepare(data if data is not None else data_lib.load_cifar10(cfg.data), device=device,
-                         train_size=cfg.train_size, val_size=cfg.val_size, test_size=cfg.test_size,
-                         batch_size=cfg.batch_size)
+    # the fixed train / val split and the test set, cut to the configured sizes, on the device
+    d = data_lib.prepare(data if data is not None else data_lib.load_cifar10(cfg.data),
+                         device=device, train_size=cfg.train_size, val_size=cfg.val_size,
+                         test_size=cfg.test_size, batch_size=cfg.batch_size)
     # the student (or a teacher in training): its initial weights are a function of the seed
     torch.manual_seed(cfg.seed)
     model = build_model(**model_args(cfg)).to(device)
-    teacher = teacher.to(device) if cfg.kd else None
+    teacher = teacher.to(device) if cfg.kd else None   # without kd a given teacher is unused
     # what the steps run: the same modules, compiled with cfg.compile (the weights are shared)
-    step_model, step_teacher = (runs.maybe_compile(m, cfg.compile, device) for m in (model, teacher))
+    step_model, step_teacher = (runs.maybe_compile(m, cfg.compile, device)
+                                for m in (model, teacher))
     loss_fn = IRKDLoss(step_teacher, alpha=cfg.alpha, temperature=cfg.temperature, hard=cfg.hard_kd,
                        gamma=cfg.gamma if cfg.sal else 0.0, label_smoothing=cfg.label_smoothing,
                        saliency=cfg.saliency, loss_form=cfg.loss_form)
@@ -765,6 +838,7 @@ def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = 
     sampler = data_lib.EpochSampler(len(d["train_x"]), cfg.batch_size, cfg.seed, device)
     mix_gen = torch.Generator().manual_seed(cfg.seed + 1)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
+    # stages: [(res, epochs)]; the lr schedule runs over the steps of all of them
     stages, steps = cfg.stages(), sampler.steps_per_epoch()
     total_steps, epochs_total = steps * sum(e for _, e in stages), sum(e for _, e in stages)
     run.start(model, dict(sampler_rng=sampler.generator, mix_rng=mix_gen, aug_rng=aug_gen),
@@ -777,25 +851,34 @@ def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = 
             epoch += 1
             if epoch <= run.done:
                 continue                                   # finished before a resume
+            # early stopping (the notebooks' CE / CL cells): the rest of a stage whose
+            # validation accuracy has not improved for `patience` epochs is skipped
+            if cfg.patience and run.epochs_since_best(stage) >= cfg.patience:
+                continue
             # a fresh AdamW at every stage start: each resolution begins with new moments
             new_stage = cfg.fresh_optimizer and stage_epoch == 1
             if opt is None or new_stage:
                 opt = make_optimizer(model, cfg)
                 if run.opt_state is not None and not new_stage:
-                    opt.load_state_dict(run.opt_state)     # resumed mid-stage, or one AdamW throughout
+                    # resumed mid-stage, or one AdamW throughout
+                    opt.load_state_dict(run.opt_state)
             # one epoch of steps at `res`; nothing in this loop waits for the device
             model.train()
             loss_fn.train()
             sums = torch.zeros(5, device=device)            # loss, ce, kd, sal, correct
             run.begin_epoch(f"{cfg.name} {res}px ep {epoch}/{epochs_total}")
+            # "resize" crops 32 px and shrinks it to res; "crop" cuts res px out directly
             crop = res if cfg.resize_mode == "crop" else 32
             for idx, offsets, flips in sampler.epoch(crop=crop, augment=cfg.augment != "none"):
-                # the student's view at res; the teacher's view: the same, or 32 px of the same image
-                xs, xt = data_lib.make_views(d["train_x"][idx], offsets, flips, res, cfg.resize_mode,
+                # the student's view at res; the teacher's: the same, or 32 px of the same image
+                xs, xt = data_lib.make_views(d["train_x"][idx], offsets, flips, res,
+                                             cfg.resize_mode,
                                              full_view=cfg.kd and cfg.teacher_res == "full",
                                              aug_gen=aug_gen if cfg.randaug else None)
                 xs, target = data_lib.recipe_extras(xs, d["train_y"][idx], aug_gen=aug_gen,
-                                                    erasing=cfg.erasing, mix_gen=mix_gen if cfg.mixup else None)
+                                                    erasing=cfg.erasing,
+                                                    mix_gen=mix_gen if cfg.mixup else None)
+                # from the global step, so a resumed run continues the same schedule
                 lr = lr_at(cfg, run.step, total_steps, cfg.warmup_epochs * steps)
                 run.before_step()
                 stats = train_step(step_model, loss_fn, opt, xs, target, labels=d["train_y"][idx],
@@ -810,7 +893,9 @@ def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = 
             tested = predict(model, d["test_x"], 32) if epoch in cfg.test_epochs else None
             # stage end: rollout maps of a fixed handful of test images, for plots.py
             snap = (saliency_snapshot(model, teacher, d["test_x"][:8], res, cfg.teacher_res)
-                    | dict(images=d["test_x"][:8], labels=d["test_y"][:8]) if stage_epoch == epochs else None)
+                    | dict(images=d["test_x"][:8], labels=d["test_y"][:8])
+                    if stage_epoch == epochs else None)
+            # the reported head's 32-px val accuracy picks the best epoch
             head = main_head(val, cfg.head)
             run.end_epoch(model, opt, sums, seconds, snapshot=snap, select_val=val32[head],
                           test_predictions=tested, stage=stage, res=res, epoch=epoch,
@@ -820,21 +905,21 @@ def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = 
 
     # test: the last weights, and the best validation epoch's (at 32 px), at every resolution
     run.begin_test()
-    final = predict_all(model, d["test_x"], cfg.resolutions)
+    final = predict_all(model, d["test_x"], cfg.resolutions, progress=True)
     best = final
-    if run.best_epoch not in (None, epochs_total):
+    if run.best_epoch not in (None, run.done):             # run.done: the last trained epoch
         best_model = build_model(**model_args(cfg)).to(device)
         best_model.load_state_dict(run.best_state)
-        best = predict_all(best_model, d["test_x"], cfg.resolutions)
+        best = predict_all(best_model, d["test_x"], cfg.resolutions, progress=True)
     heads = {w: by_resolution(p, d["test_y"]) for w, p in (("last", final), ("best", best))}
     head = main_head(heads["last"], cfg.head)
     chosen = heads[cfg.select]
-    return run.finish(model, dict(test_acc=chosen[head]["32"], test_head=head, test_acc_by_res=chosen[head],
-                                  heads=chosen, select=cfg.select, heads_last=heads["last"],
-                                  heads_best=heads["best"]),
-                      predictions=dict(last=final[32], best=best[32]), test_x=d["test_x"], labels=d["test_y"],
-                      params=count_params(model), epochs=epochs_total, stages=stages,
-                      teacher=teacher_info, train_images=len(d["train_x"]))
+    return run.finish(model, dict(test_acc=chosen[head]["32"], test_head=head,
+                                  test_acc_by_res=chosen[head], heads=chosen, select=cfg.select,
+                                  heads_last=heads["last"], heads_best=heads["best"]),
+                      predictions=dict(last=final[32], best=best[32]), test_x=d["test_x"],
+                      labels=d["test_y"], params=count_params(model), epochs=epochs_total,
+                      stages=stages, teacher=teacher_info, train_images=len(d["train_x"]))
 
 
 # =============================================================================
@@ -847,22 +932,26 @@ def main_head(heads: dict, wanted: str = "avg") -> str:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, res: int, batch_size: int = 500) -> dict[str, torch.Tensor]:
+def predict(model: nn.Module, x: torch.Tensor, res: int,
+            batch_size: int = 500) -> dict[str, torch.Tensor]:
     """Predicted classes at resolution `res` -> {"cls": (N,)}, or {"cls", "dist", "avg"}.
 
     The images go through the same normalise + antialiased resize as in training. "avg"
     is the argmax of the sum of the two heads' softmax probabilities. (DeiT's code averages
     the logits instead; the two can differ where one head is far more confident.)
     """
+    # N images in batches of B = batch_size, C classes
     was_training = model.training
-    model.eval()
+    model.eval()                               # no dropout; the caller's mode is restored below
     preds: dict[str, list[torch.Tensor]] = {}
     for i in range(0, len(x), batch_size):
+        # the same precision as the training steps: bf16 autocast on CUDA only
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
-            out = model(resize(normalize(x[i:i + batch_size]), res))
+            out = model(resize(normalize(x[i:i + batch_size]), res))  # (B, C), or (cls, dist)
         logits = dict(zip(("cls", "dist"), out)) if isinstance(out, tuple) else {"cls": out}
         logits = {h: v.float() for h, v in logits.items()}                      # each (B, C)
         if "dist" in logits:
+            # (B, C) summed probabilities: same argmax as their mean (see the docstring)
             logits["avg"] = logits["cls"].softmax(-1) + logits["dist"].softmax(-1)
         for h, v in logits.items():
             preds.setdefault(h, []).append(v.argmax(-1))
@@ -877,14 +966,19 @@ def accuracy(preds: dict[str, torch.Tensor], y: torch.Tensor) -> dict[str, float
     return {h: round(a, 2) for h, a in zip(preds, accs)}
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, res: int, batch_size: int = 500) -> dict:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, res: int,
+             batch_size: int = 500) -> dict:
     """Top-1 accuracy (%) at resolution `res` -> {"cls": ..} or {"cls", "dist", "avg"}."""
     return accuracy(predict(model, x, res, batch_size), y)
 
 
-def predict_all(model: nn.Module, x: torch.Tensor, resolutions=RESOLUTIONS) -> dict:
+def predict_all(model: nn.Module, x: torch.Tensor, resolutions=RESOLUTIONS,
+                progress: bool = False) -> dict:
     """{res: {head: (N,) predictions}} at every resolution; 32 px always included."""
-    return {r: predict(model, x, r) for r in sorted(set(resolutions) | {32})}
+    resolutions = sorted(set(resolutions) | {32})
+    bar = tqdm(resolutions, desc=f"test ({len(x)} images)", unit="res", leave=False,
+               disable=not progress)
+    return {r: predict(model, x, r) for r in bar}
 
 
 def by_resolution(preds: dict, y: torch.Tensor) -> dict[str, dict[str, float]]:

@@ -6,13 +6,13 @@
 
 For every run directory (written by irkd.train, see its docstring):
 
-    curves_NAME.png     accuracy and loss terms per epoch, curriculum stages marked  (plot_curves)
-    saliency_NAME.png   teacher / student attention-rollout maps at every stage end  (plot_saliency)
+    curves_NAME.png     accuracy and loss terms per epoch, stages marked        (plot_curves)
+    saliency_NAME.png   teacher / student attention-rollout maps per stage end  (plot_saliency)
 
 and across all of them (runs that have results.json only):
 
-    resolution.png      test accuracy at every input resolution 12..32               (plot_resolution)
-    table.png           paper Table 1 vs this code, one bar pair per cell             (plot_table)
+    resolution.png      test accuracy at every input resolution 12..32          (plot_resolution)
+    table.png           paper Table 1 vs this code, one bar pair per cell       (plot_table)
 
 --out defaults to a `figures/` folder beside the first run directory
 (runs/quick/exp1b -> runs/quick/figures/), so figures stay with the runs they
@@ -90,8 +90,8 @@ def read_json(path: str, run_dir: str, quick: bool | None = None) -> dict:
         with open(path) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise RunError(f"{path} is truncated or not valid JSON ({e.msg} at line {e.lineno}): re-run "
-                       f"`{make_command(run_dir, quick)}` to write it again") from None
+        raise RunError(f"{path} is truncated or not valid JSON ({e.msg} at line {e.lineno}): "
+                       f"re-run `{make_command(run_dir, quick)}` to write it again") from None
     except OSError as e:
         raise RunError(f"cannot read {path} ({e.strerror})") from None
 
@@ -111,11 +111,12 @@ def read_log(path: str, run_dir: str, quick: bool | None) -> list[dict]:
         except json.JSONDecodeError:
             if i == len(lines) and not text.endswith("\n"):
                 break
-            raise RunError(f"{path} line {i} is truncated or not valid JSON: train the run again with "
-                           f"`{make_command(run_dir, quick)} --resume=false`") from None
+            raise RunError(f"{path} line {i} is truncated or not valid JSON: train the run again "
+                           f"with `{make_command(run_dir, quick)} --resume=false`") from None
         missing = [k for k in ("epoch", "train_acc", "val_acc", "loss") if k not in row]
         if missing:
-            raise RunError(f"{path} line {i} lacks {', '.join(missing)}: it was not written by irkd.train")
+            raise RunError(f"{path} line {i} lacks {', '.join(missing)}: "
+                           f"it was not written by irkd.train")
         rows.append(row)
     if not rows:
         raise RunError(f"{path} has no finished epoch yet: wait for the first epoch of "
@@ -124,7 +125,7 @@ def read_log(path: str, run_dir: str, quick: bool | None) -> list[dict]:
 
 
 def load_run(run_dir: str) -> dict:
-    """Everything plots need from runs/NAME/ -> dict(dir, name, config, log, results, saliency, notes).
+    """What plots need from runs/NAME/ -> dict(dir, name, config, log, results, saliency, notes).
 
     Required: the directory and a log.jsonl with at least one epoch. Optional:
     config.json, results.json (absent while training), saliency.pt (absent in runs
@@ -153,15 +154,17 @@ def load_run(run_dir: str) -> dict:
                             f"`{make_command(run_dir, quick)}` resumes a stopped run)")
     if os.path.exists(path("saliency.pt")):
         try:   # whatever a cut-off or foreign file raises (unpickling, zip, key errors)
-            run["saliency"] = torch.load(path("saliency.pt"), map_location="cpu", weights_only=False)
+            run["saliency"] = torch.load(path("saliency.pt"), map_location="cpu",
+                                         weights_only=False)
             run["saliency"]["stages"][0]["student"]
         except Exception as e:
-            raise RunError(f"{path('saliency.pt')} is truncated or not a saliency snapshot ({type(e).__name__}): "
-                           f"delete it to plot the rest, or train the run again with "
+            raise RunError(f"{path('saliency.pt')} is truncated or not a saliency snapshot "
+                           f"({type(e).__name__}): delete it to plot the rest, or train the run "
+                           f"again with "
                            f"`{make_command(run_dir, quick)} --resume=false`") from None
     else:
-        run["notes"].append(f"{run_dir} has no saliency.pt (irkd.train writes it at every stage end): "
-                            f"no saliency figure")
+        run["notes"].append(f"{run_dir} has no saliency.pt (irkd.train writes it at every stage "
+                            f"end): no saliency figure")
     return run
 
 
@@ -198,8 +201,9 @@ def mark_stages(ax, rows: list[dict]) -> None:
             ax.axvline(first - 0.5, color="0.5", lw=0.8, ls=":", zorder=0)
         if "res" in rs[0]:
             # x in data units, y just above the axes: the labels never cover a curve.
-            ax.text((first + last) / 2, 1.01, f"{rs[0]['res']} px", transform=ax.get_xaxis_transform(),
-                    ha="center", va="bottom", fontsize=8, color="0.3")
+            ax.text((first + last) / 2, 1.01, f"{rs[0]['res']} px",
+                    transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8,
+                    color="0.3")
 
 
 def plot_curves(run_dir: str, out_path: str) -> str:
@@ -213,14 +217,17 @@ def plot_curves(run_dir: str, out_path: str) -> str:
     # Train accuracy is the cls head on the augmented batches of the stage's resolution;
     # validation is the reported head (avg of cls and dist with a distillation token).
     head = "avg" if "avg" in rows[-1].get("val_heads", {}) else "cls"
-    ax_acc.plot(epochs, [r["train_acc"] for r in rows], "o-", ms=3, color="C0", label="train (cls head)")
-    ax_acc.plot(epochs, [r["val_acc"] for r in rows], "s-", ms=3, color="C1", label=f"validation ({head} head)")
+    ax_acc.plot(epochs, [r["train_acc"] for r in rows], "o-", ms=3, color="C0",
+                label="train (cls head)")
+    ax_acc.plot(epochs, [r["val_acc"] for r in rows], "s-", ms=3, color="C1",
+                label=f"validation ({head} head)")
     ax_acc.set_ylabel("top-1 accuracy (%)")
 
     # Only the terms this run optimises: the teacher and CE runs log kd = sal = 0, and
     # their total loss *is* the CE, so it is drawn once.
     cfg = run["config"]
-    terms = ["loss", "ce"] + [k for k in ("kd", "sal") if cfg.get(k, any(r.get(k, 0) for r in rows))]
+    terms = ["loss", "ce"] + [k for k in ("kd", "sal")
+                              if cfg.get(k, any(r.get(k, 0) for r in rows))]
     terms = [k for k in terms if all(k in r for r in rows)]
     if terms == ["loss", "ce"]:
         terms = ["ce"]
@@ -230,7 +237,8 @@ def plot_curves(run_dir: str, out_path: str) -> str:
             style["label"] = "CE (= total loss)"
         elif k == "loss":   # spell out the mix, irkd.IRKDLoss's formula with this run's weights
             a, g = cfg.get("alpha", 0.5), cfg.get("gamma", 0.8)
-            style["label"] = f"total = {1 - a:g}·CE + {a:g}·KD" + (f" + {g:g}·sal" if "sal" in terms else "")
+            style["label"] = (f"total = {1 - a:g}·CE + {a:g}·KD"
+                              + (f" + {g:g}·sal" if "sal" in terms else ""))
         ax_loss.plot(epochs, [r[k] for r in rows], "o-", ms=3, **style)
     values = [r[k] for r in rows for k in terms if r.get(k, 0) > 0]
     if values and max(values) / min(values) > 20:
@@ -245,7 +253,8 @@ def plot_curves(run_dir: str, out_path: str) -> str:
         ax.set_xlim(epochs[0] - 0.6, epochs[-1] + 0.6)
         ax.grid(alpha=0.3)
         # Below the panel: a legend inside would cover the curves somewhere.
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.19), ncols=2, frameon=False)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.19), ncols=2,
+                  frameon=False)
     title = f"{run['name']} ({setup_label(run)})"
     if is_quick(run):
         title += ", quick mode"
@@ -279,9 +288,11 @@ def plot_resolution(run_dirs: list[str], out_path: str) -> str:
         res = run["results"]
         by_res = sorted((int(k), v) for k, v in res["test_acc_by_res"].items())
         teacher = run["name"].startswith("teacher_")
-        style = dict(color="0.3", ls="--", marker="^") if teacher else dict(color=f"C{students % 10}", marker="o")
+        style = (dict(color="0.3", ls="--", marker="^") if teacher
+                 else dict(color=f"C{students % 10}", marker="o"))
         students += not teacher
-        ax.plot(*zip(*by_res), ms=4, label=f"{run['name']} ({res.get('test_head', 'cls')} head)", **style)
+        ax.plot(*zip(*by_res), ms=4, label=f"{run['name']} ({res.get('test_head', 'cls')} head)",
+                **style)
     ax.set_xticks(irkd.RESOLUTIONS)
     ax.set_xlabel("test image resolution (px; 32 = native CIFAR-10)")
     ax.set_ylabel("top-1 test accuracy (%)")
@@ -321,7 +332,8 @@ def plot_saliency(run_dir: str, out_path: str, n_images: int = 3) -> str:
     run = load_run(run_dir)
     snap = run["saliency"]
     if snap is None:
-        raise RunError(f"{run['dir']} has no saliency.pt: run `{make_command(run['dir'], run['config'].get('quick'))}`")
+        raise RunError(f"{run['dir']} has no saliency.pt: run "
+                       f"`{make_command(run['dir'], run['config'].get('quick'))}`")
     images, labels, stages = snap["images"], snap["labels"], snap["stages"]
     n = min(n_images, len(images))
     who = ["teacher", "student"] if any("teacher" in s for s in stages) else ["student"]
@@ -338,11 +350,12 @@ def plot_saliency(run_dir: str, out_path: str, n_images: int = 3) -> str:
     left, bottom, bar_w, right = 28, 6, 12, 44
     block_w = cols * cell + (cols - 1) * gap
     width = left + len(stages) * (block_w + block_gap) + bar_w + right
-    title = (f"{run['name']} ({setup_label(run)}{', quick mode' if is_quick(run) else ''}): attention rollout "
-             f"of the cls token at the end of each curriculum stage; colour = saliency / map mean "
+    title = (f"{run['name']} ({setup_label(run)}{', quick mode' if is_quick(run) else ''}): "
+             f"attention rollout of the cls token at the end of each curriculum stage; "
+             f"colour = saliency / map mean "
              f"(1 = an average patch), one scale per row")
     title = textwrap.fill(title, width=max(30, width // 8))   # ~7 px per character at 9 pt
-    top = 34 + 13 * title.count("\n") + 14                     # the title, then two lines of column titles
+    top = 34 + 13 * title.count("\n") + 14      # the title, then two lines of column titles
     height = top + n * cell + (n - 1) * row_gap + bottom
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
 
@@ -355,11 +368,13 @@ def plot_saliency(run_dir: str, out_path: str, n_images: int = 3) -> str:
 
     # Maps go over a grey copy of the image: the colour then means saliency only (and the
     # PNG stays small, a colour photo under each map would double its size).
-    grey = (images.float() / 255 * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(1).numpy()
+    grey = (images.float() / 255
+            * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(1).numpy()
     for j, stage in enumerate(stages):
         res = stage["res"]
         # What the student was fed: the training resize to `res` px, drawn blocky.
-        seen = data_lib.resize(images[:n].float() / 255, res).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+        seen = (data_lib.resize(images[:n].float() / 255, res).clamp(0, 1)
+                .permute(0, 2, 3, 1).numpy())                                   # (n, res, res, 3)
         x0 = left + j * (block_w + block_gap)
         for i in range(n):
             y = top + i * (cell + row_gap)
@@ -407,7 +422,8 @@ def plot_table(run_dirs: list[str], out_path: str) -> str:
     """Grouped bars, paper vs ours, for each run that is a cell of Table 1 (in table order)."""
     runs = [r for r in map(load_run, run_dirs) if r["results"] is not None and paper_key(r["name"])]
     if not runs:
-        raise RunError("no run with a results.json is a cell of the paper's table (`python experiments.py list`)")
+        raise RunError("no run with a results.json is a cell of the paper's table "
+                       "(`python experiments.py list`)")
     order = list(experiments.PAPER)
     runs.sort(key=lambda r: order.index(paper_key(r["name"])))
     fig = Figure(figsize=(max(5.5, 1.3 * len(runs) + 2), 4.2), dpi=DPI)
@@ -418,9 +434,10 @@ def plot_table(run_dirs: list[str], out_path: str) -> str:
     ours = [r["results"]["test_acc"] for r in runs]
     quick = [is_quick(r) for r in runs]
     b1 = ax.bar(x - w / 2, paper, w, color="0.65", label="paper, Table 1")
-    b2 = ax.bar(x + w / 2, ours, w, color="C0", hatch=["//" if q else "" for q in quick], edgecolor="white",
-                label="ours, quick mode (smoke test)" if all(quick) else "ours (// = quick mode)" if any(quick)
-                else "ours")
+    b2 = ax.bar(x + w / 2, ours, w, color="C0", hatch=["//" if q else "" for q in quick],
+                edgecolor="white",
+                label="ours, quick mode (smoke test)" if all(quick)
+                else "ours (// = quick mode)" if any(quick) else "ours")
     for bars in (b1, b2):
         ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
     labels = []
@@ -439,7 +456,8 @@ def plot_table(run_dirs: list[str], out_path: str) -> str:
     if any(quick):
         # The quick runs' own sizes, from their results.json: a smoke test, not the protocol.
         res = [r["results"] for r, q in zip(runs, quick) if q]
-        title += (f"\nquick mode: {span(res, 'train_images')} train / {span(res, 'test_images')} test images, "
+        title += (f"\nquick mode: {span(res, 'train_images')} train / "
+                  f"{span(res, 'test_images')} test images, "
                   f"{span(res, 'epochs')} epochs, not the paper's protocol")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
@@ -496,7 +514,8 @@ def main(argv: list[str]) -> int:
         os.makedirs(out, exist_ok=True)
         draw_all(runs, out)
     except (OSError, RunError) as e:   # an unwritable --out, a run that changed while we read it
-        msg = f"cannot write to {out} ({e.strerror}); choose another with --out" if isinstance(e, OSError) else e
+        msg = (f"cannot write to {out} ({e.strerror}); choose another with --out"
+               if isinstance(e, OSError) else e)
         print(f"error: {msg}", file=sys.stderr)
         return 2
     return 0
@@ -515,7 +534,8 @@ def draw_all(runs: list[dict], out: str) -> None:
     if not finished:
         print("note: no run has a results.json yet: no resolution.png or table.png")
         return
-    print("wrote", plot_resolution([r["dir"] for r in finished], os.path.join(out, "resolution.png")))
+    print("wrote", plot_resolution([r["dir"] for r in finished],
+                                   os.path.join(out, "resolution.png")))
     in_table = [r["dir"] for r in finished if paper_key(r["name"])]
     if in_table:
         print("wrote", plot_table(in_table, os.path.join(out, "table.png")))

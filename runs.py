@@ -44,16 +44,19 @@ def pick_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"device={name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+        raise ValueError(f"device={name!r} is not a device; "
+                         f"use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device={name!r} but this torch sees no CUDA GPU "
                              f"(torch {torch.__version__}); use --device=auto or --device=cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device={name!r} but there are only {torch.cuda.device_count()} GPU(s)")
+            raise ValueError(f"device={name!r} but there are only "
+                             f"{torch.cuda.device_count()} GPU(s)")
     elif device.type == "mps" and not (getattr(torch.backends, "mps", None)
                                        and torch.backends.mps.is_available()):
-        raise ValueError(f"device={name!r} but MPS is not available here; use --device=auto or --device=cpu")
+        raise ValueError(f"device={name!r} but MPS is not available here; "
+                         f"use --device=auto or --device=cpu")
     elif device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"device={name!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
     return device
@@ -73,7 +76,8 @@ def setup_device(name: str = "auto") -> torch.device:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{device.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return (f"{device.type} ({platform.processor() or platform.machine()}, "
+            f"{torch.get_num_threads()} threads)")
 
 
 def keep_freed_memory() -> bool:
@@ -92,7 +96,7 @@ def keep_freed_memory() -> bool:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4                   # from <malloc.h>; a threshold of -1: never trim
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4   # from <malloc.h>; a threshold of -1: never trim
     return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, -1))
 
 
@@ -163,7 +167,8 @@ def make_run_dir(out: str, name: str) -> str:
 def check_run_dir(cfg) -> None:
     """Refuse to start over a finished run unless asked by name (--overwrite=true)."""
     run_dir = os.path.join(cfg.out, cfg.name)
-    if not cfg.resume and os.path.exists(os.path.join(run_dir, "results.json")) and not cfg.overwrite:
+    if (not cfg.resume and os.path.exists(os.path.join(run_dir, "results.json"))
+            and not cfg.overwrite):
         raise ValueError(f"{run_dir} holds a finished run; --resume=false would overwrite it. Pass "
                          f"--overwrite=true to replace it, or choose another --name or --out")
 
@@ -196,8 +201,8 @@ def load_checkpoint(path: str) -> dict:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise ValueError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: "
-                         f"{str(e).strip()[:160]}); delete it to start the run over, or re-run with "
-                         f"--resume=false") from e
+                         f"{str(e).strip()[:160]}); delete it to start the run over, or re-run "
+                         f"with --resume=false") from e
 
 
 # Config fields that may change between a run and its resumption: where and how fast it
@@ -213,11 +218,13 @@ def resume_state(cfg, run_dir: str, teacher_info: dict | None) -> dict | None:
         return None
     ckpt = load_checkpoint(path)
     old, new = ckpt["config"], dataclasses.asdict(cfg)
-    defaults = dataclasses.asdict(type(cfg)())  # a field added since the checkpoint was written had its default
+    # a field added since the checkpoint was written had its default
+    defaults = dataclasses.asdict(type(cfg)())
     changed = [k for k in new if k not in RESUMABLE_CHANGES and old.get(k, defaults[k]) != new[k]]
     if changed:
-        raise ValueError(f"{run_dir} holds a run with a different config ({', '.join(changed)} differ); "
-                         f"re-run with --resume=false to start over, or choose another --name or --out")
+        raise ValueError(f"{run_dir} holds a run with a different config "
+                         f"({', '.join(changed)} differ); re-run with --resume=false to start "
+                         f"over, or choose another --name or --out")
     old_md5 = (ckpt.get("teacher_info") or {}).get("md5")
     if old_md5 != (teacher_info or {}).get("md5"):
         raise ValueError(f"{run_dir} was trained with another teacher "
@@ -258,15 +265,16 @@ class Run:
 
     def start(self, model, generators: dict[str, torch.Generator], *, model_args: dict, epochs: int,
               images_per_epoch: int, **config_extra) -> None:
-        """Write config.json; on resume, restore the weights and every RNG; open the log and the bar.
+        """Write config.json; on resume, restore the weights and every RNG; open log and bar.
 
         generators: {checkpoint key: generator}, saved at every epoch end; model_args:
         what rebuilds the model (saved with every checkpoint).
         """
         cfg, ckpt = self.cfg, self.ckpt
         self.generators, self.model_args = generators, model_args
-        write_json(self.path("config.json"), dict(dataclasses.asdict(cfg), **config_extra,
-                                                  teacher_info=self.teacher_info, commit=self.commit))
+        write_json(self.path("config.json"),
+                   dict(dataclasses.asdict(cfg), **config_extra,
+                        teacher_info=self.teacher_info, commit=self.commit))
         if ckpt is not None:  # continue exactly where the last completed epoch left off
             model.load_state_dict(ckpt["model"])
             for key, gen in generators.items():
@@ -275,35 +283,43 @@ class Run:
                     gen.set_state(state)
                 elif key != "aug_rng" or cfg.randaug or cfg.erasing:
                     # CPU and CUDA generators differ in size: a device change starts a new stream
-                    print(f"note: resumed on {self.device.type}; the draws of {key} restart from the seed")
+                    print(f"note: resumed on {self.device.type}; "
+                          f"the draws of {key} restart from the seed")
             torch.set_rng_state(ckpt["torch_rng"])
             if self.device.type == "cuda" and ckpt.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state_all(ckpt["cuda_rng"])   # dropout draws on the GPU's generator
+                # dropout draws on the GPU's generator
+                torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
             self.done, self.step, self.train_s = ckpt["epoch"], ckpt["step"], ckpt["train_s"]
             self.opt_state = ckpt["optimizer"]
             if ckpt.get("best") is not None:  # absent in checkpoints written before it existed
                 best = ckpt["best"]
-                self.best_epoch, self.best_val, self.best_state = best["epoch"], best["val"], best["model"]
+                self.best_epoch, self.best_val, self.best_state = (best["epoch"], best["val"],
+                                                                   best["model"])
             try:
                 with open(self.path("log.jsonl")) as f:
                     self.rows = [json.loads(line) for line in f if line.strip()][:self.done]
                 sal = self.path("saliency.pt")
-                self.snapshots = torch.load(sal, weights_only=False)["stages"] if os.path.exists(sal) else []
+                self.snapshots = (torch.load(sal, weights_only=False)["stages"]
+                                  if os.path.exists(sal) else [])
                 if os.path.exists(self.path("predictions.json")):
                     with open(self.path("predictions.json")) as f:
                         self.predictions = {k: v for k, v in json.load(f).items()
                                             if k.startswith("epoch_") and int(k[6:]) <= self.done}
-            except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError, EOFError) as e:
-                raise ValueError(f"{self.dir}: log.jsonl or saliency.pt is damaged ({type(e).__name__}: "
-                                 f"{e}); re-run with --resume=false to start the run over") from e
-            print(f"resuming {cfg.name} from {self.path('checkpoint.pt')} after epoch {self.done}/{epochs}")
+            except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError,
+                    EOFError) as e:
+                raise ValueError(f"{self.dir}: log.jsonl or saliency.pt is damaged "
+                                 f"({type(e).__name__}: {e}); re-run with --resume=false to start "
+                                 f"the run over") from e
+            print(f"resuming {cfg.name} from {self.path('checkpoint.pt')} "
+                  f"after epoch {self.done}/{epochs}")
         # the log holds exactly the finished epochs; later lines are appended as epochs end
         with open(self.path("log.jsonl") + ".tmp", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in self.rows)
         os.replace(self.path("log.jsonl") + ".tmp", self.path("log.jsonl"))
         self.log = open(self.path("log.jsonl"), "a")
-        self.bar = tqdm(total=epochs * images_per_epoch, initial=self.done * images_per_epoch, unit="img",
-                        unit_scale=True, dynamic_ncols=True, smoothing=0.05, mininterval=1.0)
+        self.bar = tqdm(total=epochs * images_per_epoch, initial=self.done * images_per_epoch,
+                        unit="img", unit_scale=True, dynamic_ncols=True, smoothing=0.05,
+                        mininterval=1.0)
 
     def begin_epoch(self, description: str) -> None:
         self.bar.set_description(description)
@@ -323,19 +339,21 @@ class Run:
         self.bar.update(self.cfg.batch_size)
 
     def end_steps(self, where: str) -> float:
-        """Sync point: read the NaN flag once per epoch; raise on a bad loss. -> seconds of steps."""
+        """Sync point, once per epoch: raise if the loss went bad, else -> seconds of the steps."""
         if self.first_bad.item() >= 0:
             self.bar.close()
-            kept = (f"the last good checkpoint (epoch {self.done}) is kept in {self.path('checkpoint.pt')}"
-                    if os.path.exists(self.path("checkpoint.pt")) else "no epoch had finished, so no "
-                    "checkpoint was kept")
+            kept = (f"the last good checkpoint (epoch {self.done}) is kept in "
+                    f"{self.path('checkpoint.pt')}"
+                    if os.path.exists(self.path("checkpoint.pt"))
+                    else "no epoch had finished, so no checkpoint was kept")
             raise FloatingPointError(
-                f"{self.cfg.name}: the loss became NaN or infinite at {where}, step {int(self.first_bad)}; "
-                f"training stopped; {kept}. Try a lower --lr.")
+                f"{self.cfg.name}: the loss became NaN or infinite at {where}, "
+                f"step {int(self.first_bad)}; training stopped; {kept}. Try a lower --lr.")
         return time.time() - self.t0
 
     def end_epoch(self, model, opt, sums: torch.Tensor, seconds: float, *, select_val: float,
-                  snapshot: dict | None = None, test_predictions: dict | None = None, **row) -> dict:
+                  snapshot: dict | None = None, test_predictions: dict | None = None,
+                  **row) -> dict:
         """Record a finished epoch: the best weights so far, saliency.pt at a stage end, the test
         predictions of this epoch (if any), checkpoint.pt, then a log line.
 
@@ -344,10 +362,11 @@ class Run:
         first: a kill between the two loses only a log line, which the resumed run writes again.
         """
         n, B = self.epoch_steps, self.cfg.batch_size
-        s = (sums / torch.tensor([n] * 4 + [n * B / 100], device=sums.device)).tolist()  # sync point
+        # sync point
+        s = (sums / torch.tensor([n] * 4 + [n * B / 100], device=sums.device)).tolist()
         row = dict(stage=row.pop("stage"), res=row.pop("res"), epoch=row.pop("epoch"),
-                   stage_epoch=row.pop("stage_epoch"), lr=row.pop("lr"), loss=s[0], ce=s[1], kd=s[2],
-                   sal=s[3], train_acc=s[4], **row, seconds=round(seconds, 3),
+                   stage_epoch=row.pop("stage_epoch"), lr=row.pop("lr"), loss=s[0], ce=s[1],
+                   kd=s[2], sal=s[3], train_acc=s[4], **row, seconds=round(seconds, 3),
                    images_per_s=round(n * B / seconds, 1))
         self.rows.append(row)
         if select_val > self.best_val:        # a copy of the weights, kept until a better epoch
@@ -369,15 +388,22 @@ class Run:
                          train_s=self.train_s,
                          **{k: g.get_state() for k, g in self.generators.items()},
                          torch_rng=torch.get_rng_state(), config=dataclasses.asdict(cfg),
-                         cuda_rng=torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+                         cuda_rng=(torch.cuda.get_rng_state_all()
+                                   if self.device.type == "cuda" else None),
                          model_args=self.model_args, teacher_info=self.teacher_info,
-                         best=dict(epoch=self.best_epoch, val=self.best_val, model=self.best_state)),
+                         best=dict(epoch=self.best_epoch, val=self.best_val,
+                                   model=self.best_state)),
                     self.path("checkpoint.pt"))
         self.done = row["epoch"]
         self.log.write(json.dumps(row) + "\n")
         self.log.flush()
         self.bar.set_postfix(loss=f"{s[0]:.3f}", train=f"{s[4]:.1f}", val=f"{row['val_acc']:.1f}")
         return row
+
+    def epochs_since_best(self, stage: int) -> int:
+        """Finished epochs of `stage` since its best validation accuracy (at its resolution)."""
+        vals = [r["val_acc"] for r in self.rows if r["stage"] == stage]
+        return len(vals) - 1 - vals.index(max(vals)) if vals else 0
 
     def begin_test(self) -> None:
         self.bar.close()
@@ -395,11 +421,13 @@ class Run:
         self.predictions.update(labels=encode_predictions({"y": labels})["y"],
                                 **{k: encode_predictions(p) for k, p in predictions.items()})
         write_json(self.path("predictions.json"), self.predictions)
-        at_epoch = {str(r["epoch"]): r["test_heads_32"] for r in self.rows if r.get("test_heads_32")}
+        at_epoch = {str(r["epoch"]): r["test_heads_32"] for r in self.rows
+                    if r.get("test_heads_32")}
         results = dict(name=cfg.name, **test, best_epoch=self.best_epoch, at_epoch=at_epoch,
                        val_acc=self.rows[-1]["val_acc"], params=params,
                        wall_s=round(self.train_s + time.time() - self.t_test, 1),
-                       train_s=round(self.train_s, 1), device=device_name(self.device), seed=cfg.seed,
+                       train_s=round(self.train_s, 1), device=device_name(self.device),
+                       seed=cfg.seed,
                        **extra, test_images=len(test_x), quick=cfg.quick, commit=self.commit,
                        # which copy of the data: the official archive and the JPEG copy differ here
                        test_md5=hashlib.md5(test_x.cpu().numpy().tobytes()).hexdigest())

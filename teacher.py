@@ -22,7 +22,7 @@ import sys
 import time
 
 # OpenMP threads that busy-wait between parallel regions make two processes on a shared CPU
-# slow each other down several-fold (README, "Speed on a shared machine"); waiting passively
+# slow each other down several-fold (docs/speed.md, "A shared machine"); waiting passively
 # costs little on an idle one. Set before torch is imported; an explicit setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -36,7 +36,8 @@ QUICK_PRESET = "custom"  # the quick teacher: the custom size at 32 px, a few ep
 RECIPE = ("mixup", "randaug", "erasing")  # augmentation a cached teacher must match
 
 
-def teacher_config(patch_size: int = 4, *, quick: bool = False, base: irkd.Config | None = None) -> irkd.Config:
+def teacher_config(patch_size: int = 4, *, quick: bool = False,
+                   base: irkd.Config | None = None) -> irkd.Config:
     """The teacher recipe for a student config `base` (its teacher_model, teacher_epochs,
     data subset, outputs and device). The name says what differs from the paper's teacher,
     so that differently trained teachers are cached apart."""
@@ -45,14 +46,23 @@ def teacher_config(patch_size: int = 4, *, quick: bool = False, base: irkd.Confi
     name += f"_{base.teacher_epochs}ep" if base.teacher_epochs != 135 else ""
     name += f"_{base.train_size}img" if base.train_size else ""
     cfg = dataclasses.replace(
-        base, name=name, model=base.teacher_model, patch_size=patch_size, kd=False, cl=False, sal=False,
-        epochs=base.teacher_epochs, lr=4e-4, weight_decay=2e-4, schedule="onecycle",
-        warmup_epochs=max(1, base.teacher_epochs // 13), label_smoothing=0.01, mixup=True, dropout=0.0,
-        fresh_optimizer=True, teacher="", quick=quick, test_epochs=())
+        base, name=name, model=base.teacher_model, patch_size=patch_size, kd=False, cl=False,
+        sal=False, epochs=base.teacher_epochs, lr=4e-4, weight_decay=2e-4, schedule="onecycle",
+        warmup_epochs=max(1, base.teacher_epochs // 13), label_smoothing=0.01, mixup=True,
+        dropout=0.0, fresh_optimizer=True, teacher="", quick=quick, test_epochs=(),
+        # nothing of the student's own protocol (its augmentation, selection, curriculum form)
+        augment="crop_flip", resize_mode="resize", select="last", patience=0)
+    if base.teacher_recipe == "original":
+        # the notebooks' patch-4 teacher (P_4_ALL): OneCycle with its peak at 60 % of the run,
+        # dropout 0.1, and the best validation epoch's weights
+        cfg = dataclasses.replace(cfg, name=name + "_orig", dropout=0.1, select="best",
+                                  warmup_epochs=round(0.6 * base.teacher_epochs))
     if quick:
         cfg = dataclasses.replace(cfg, name=f"teacher_quick_p{patch_size}", model=QUICK_PRESET,
-                                  **quick_sizes(QUICK_PRESET, patch_size, epochs=8), warmup_epochs=1,
-                                  mixup=False, randaug=False, erasing=0.0, lr=1e-3)
+                                  **quick_sizes(QUICK_PRESET, patch_size, epochs=8),
+                                  warmup_epochs=1, mixup=False, randaug=False, erasing=0.0,
+                                  lr=1e-3, dropout=0.0,
+                                  select="last")
     return cfg
 
 
@@ -64,7 +74,11 @@ def quick_sizes(preset: str, patch_size: int, epochs: int) -> dict:
     cost = p["depth"] * p["dim"] ** 2 * tokens
     reference = 4 * 128 ** 2 * 66                 # custom, patch 4
     train = int(4000 * reference / cost / 128) * 128
-    return dict(train_size=max(256, train), val_size=1000, test_size=2000, epochs=epochs)
+    # Evaluation shrinks with the cost too (it was 70 % of a patch-2 quick run); the reference
+    # (custom, patch 4) keeps 1,000 validation and 2,000 test images.
+    scale = min(1.0, reference / cost)
+    return dict(train_size=max(256, train), val_size=max(200, int(1000 * scale)),
+                test_size=max(500, int(2000 * scale)), epochs=epochs)
 
 
 def default_path(cfg: irkd.Config) -> str:
@@ -95,10 +109,10 @@ def estimate_seconds(cfg: irkd.Config) -> float:
 
 
 def train_teacher(cfg: irkd.Config, data: dict | None = None) -> dict:
-    """Announce the teacher run with its expected duration (measured, not guessed), then train it."""
+    """Announce the teacher run with its expected duration (measured, not guessed); train it."""
     print(f"training {cfg.name} ({cfg.model}, patch {cfg.patch_size}, {cfg.epochs} epochs): about "
-          f"{estimate_seconds(cfg) / 60:.0f} min expected on {runs.device_name(runs.pick_device(cfg.device))}",
-          flush=True)
+          f"{estimate_seconds(cfg) / 60:.0f} min expected on "
+          f"{runs.device_name(runs.pick_device(cfg.device))}", flush=True)
     return irkd.train(cfg, data=data)
 
 
@@ -120,23 +134,26 @@ def ensure_teacher(cfg: irkd.Config, data: dict | None = None):
                 print(f"no teacher at {path}: it is trained first", flush=True)
                 train_teacher(tcfg, data)
     elif not os.path.exists(path):
-        raise FileNotFoundError(f"--teacher={path}: no such file. Pass the model.pt of a trained teacher "
-                                f"(runs/teacher_*/model.pt), or leave --teacher out to use the default "
-                                f"teacher of this experiment, which is trained first when missing")
+        raise FileNotFoundError(f"--teacher={path}: no such file. Pass the model.pt of a trained "
+                                f"teacher (runs/teacher_*/model.pt), or leave --teacher out to use "
+                                f"the default teacher of this experiment, which is trained first "
+                                f"when missing")
     model, ckpt = irkd.load_model(path)
     args = ckpt["model_args"]
     if args["preset"] != expected or args["patch_size"] != patch or args["distill_token"]:
         raise ValueError(
             f"teacher checkpoint {path} is a {args['preset']} model with patch {args['patch_size']}"
-            f"{' and a distillation token' if args['distill_token'] else ''}; this experiment needs a "
-            f"{expected} teacher with patch {patch} (train it with "
-            f"`python teacher.py --patch_size={patch}` or pass --teacher=PATH and --teacher_model=PRESET)")
+            f"{' and a distillation token' if args['distill_token'] else ''}; this experiment "
+            f"needs a {expected} teacher with patch {patch} (train it with "
+            f"`python teacher.py --patch_size={patch}` or pass --teacher=PATH and "
+            f"--teacher_model=PRESET)")
     recipe = {k: ckpt.get("config", {}).get(k, False) for k in RECIPE}
     if not cfg.teacher:  # the cached default must have today's recipe, not an older one
         want = {k: getattr(tcfg, k) for k in RECIPE}
         if recipe != want:
-            raise ValueError(f"the cached teacher {path} was trained with {recipe}, but the teacher recipe is "
-                             f"now {want}; move it away to train a new one, or pass --teacher={path} to use it")
+            raise ValueError(f"the cached teacher {path} was trained with {recipe}, but the "
+                             f"teacher recipe is now {want}; move it away to train a new one, "
+                             f"or pass --teacher={path} to use it")
     info = dict(path=os.path.abspath(path), md5=data_lib.md5sum(path), preset=args["preset"],
                 patch_size=args["patch_size"], test_acc=ckpt.get("test_acc"), **recipe)
     return model, info
@@ -156,7 +173,8 @@ def main(argv: list[str]) -> int:
 
     def go():
         r = train_teacher(cfg)
-        print(f"{cfg.name}: test accuracy {r['test_acc']:.2f} % at 32 px -> {os.path.join(cfg.out, cfg.name)}")
+        print(f"{cfg.name}: test accuracy {r['test_acc']:.2f} % at 32 px -> "
+              f"{os.path.join(cfg.out, cfg.name)}")
     return runs.guarded(go)
 
 if __name__ == "__main__":

@@ -147,6 +147,9 @@ def make_archive(tmp_path, extra_evil=True):
 
 
 def leftovers(root):
+    """Temporary download folders left in root (none at all when root itself was removed)."""
+    if not os.path.exists(root):
+        return []
     return [n for n in os.listdir(root) if n.startswith(".cifar-download-")]
 
 
@@ -330,3 +333,24 @@ def test_sampler_without_augmentation_is_the_centre_crop():
     (_, off, _), *_ = list(data_lib.EpochSampler(8, 8, 0, torch.device("cpu")).epoch(
         crop=12, augment=False))
     assert (off == 14).all()                   # (40 - 12) / 2
+
+
+def test_a_partial_copy_names_the_missing_file_and_downloads_nothing(cifar_root, monkeypatch):
+    root, _ = cifar_root
+    os.remove(os.path.join(root, CIFAR_DIR, "test_batch"))
+    monkeypatch.setattr(data_lib, "download_cifar10", lambda *a: pytest.fail("downloaded"))
+    with pytest.raises(data_lib.DataError, match="partial: no test_batch"):
+        data_lib.load_cifar10(root)
+
+
+def test_data_pointing_at_the_batches_folder_itself_is_understood(cifar_root):
+    root, arrays = cifar_root
+    got = data_lib.load_cifar10(os.path.join(root, CIFAR_DIR))
+    assert torch.equal(got["test_x"], torch.from_numpy(arrays["test_x"]))
+
+
+def test_a_mistyped_data_directory_is_not_left_behind(tmp_path):
+    typo = tmp_path / "dta"
+    with pytest.raises(data_lib.DataError, match="could not download"):
+        data_lib.download_cifar10(str(typo), url=(tmp_path / "nowhere.tar.gz").as_uri())
+    assert not typo.exists()

@@ -190,3 +190,12 @@ def test_study_report_pairs_by_seed(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| KD - CE"))
     assert "| 0,1 | 75.00 | 45.00 | +30.00 | [-97.06, +157.06] |" in row
     assert "not run yet" in next(line for line in text.splitlines() if "Sal - KD+CL" in line)
+
+
+def test_the_replays_say_what_they_replay():
+    for name, (cell, _, patch, setup, _) in experiments.REPLAY.items():
+        cfg = experiments.EXPERIMENTS[name]
+        assert experiments.PAPER[name] == experiments.PAPER[cell] and cfg.head == "cls"
+        assert cfg.resize_mode == "crop" and cfg.patch_size == patch
+        assert (cfg.augment == "none") == (setup == "CE") and (cfg.patience > 0) == ("KD" not in setup)
+    assert experiments.EXPERIMENTS["orig_teacher_small_p4"].name == "teacher_small_p4_orig"

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 import data as data_lib
+import experiments
 import irkd
 from conftest import make_data, read_log, small_cfg, tiny_vit, write_cifar
 
@@ -98,13 +99,15 @@ def test_check_rejects_bad_eval_resolution_without_cl():
         irkd.Config(cl=False, patch_size=4, resolutions=(12, 18)).check()
 
 
-# Oracle: the teacher recipe's extras cannot go with kd, and erasing is a probability.
-@pytest.mark.parametrize("kw", [dict(randaug=True, kd=True), dict(erasing=0.25, kd=True),
+# Oracle: the images the teacher sees. Mixup (soft labels) cannot go with kd, nor erasing when
+# the teacher gets the 32-px view (it would not be erased); erasing is a probability.
+@pytest.mark.parametrize("kw", [dict(mixup=True, kd=True), dict(erasing=0.25, kd=True, teacher_res="full"),
                                 dict(erasing=1.5), dict(erasing=-0.1)])
-def test_check_rejects_recipe_extras_with_kd(kw):
-    with pytest.raises(ValueError, match="randaug|erasing"):
+def test_check_rejects_recipe_extras_the_teacher_would_not_see(kw):
+    with pytest.raises(ValueError, match="mixup|erasing"):
         irkd.Config(**kw).check()
     irkd.Config(randaug=True, erasing=1.0, mixup=True).check()       # without kd: fine
+    irkd.Config(randaug=True, erasing=0.25, kd=True).check()         # the teacher sees them too
 
 
 def test_compile_refuses_grad_saliency(tmp_path):
@@ -415,3 +418,17 @@ def test_bad_study_fields_are_refused():
                 dict(test_epochs=(0,))):
         with pytest.raises(ValueError, match="valid|epoch in"):
             irkd.Config(**bad).check()
+
+
+# Every replay of the notebooks runs (its switches together: no augmentation, early stopping,
+# the cropping curriculum, probe / attn saliency, TrivialAugment with KD, dropout), here on a
+# custom-size student and teacher, two small stages and a few synthetic images to stay fast.
+@pytest.mark.parametrize("name", sorted(experiments.REPLAY))
+def test_every_replay_runs(name, tmp_path, train_data):
+    (cfg,) = experiments.configs_for(name, {"quick": True, "out": str(tmp_path), "device": "cpu"})
+    cfg = dataclasses.replace(cfg, model="custom", resolutions=(8, 16), epochs=2, batch_size=32,
+                              train_size=64, val_size=32, test_size=32)
+    cfg.check()
+    teacher = irkd.build_model("custom", patch_size=cfg.patch_size) if cfg.kd else None
+    r = irkd.train(cfg, teacher=teacher, data=train_data)
+    assert r["test_head"] == "cls" and r["select"] == cfg.select and 0 <= r["test_acc"] <= 100
