@@ -13,7 +13,7 @@ PY    := $(VENV)/bin/python
 FLAGS := --data=$(DATA) --device=$(DEVICE) $(if $(filter 1 true yes,$(QUICK)),--quick) $(ARGS)
 VARIANTS := exp1a exp1b saliency_p2 small_p4_all kdonly table beyond cpu cpu_beyond cpu_teacher study
 
-.PHONY: setup test list teacher plots report bench $(VARIANTS)
+.PHONY: setup test list teacher plots study_plots report bench $(VARIANTS)
 
 # The virtual environment, re-made whenever requirements.txt changes.
 $(VENV)/.installed: requirements.txt
@@ -42,6 +42,10 @@ teacher: setup
 # Figures for the runs in RUNS, written to figures/ beside the first one.
 plots: setup
 	$(PY) plots.py $(RUNS)
+
+# The controlled study's figures, from the runs committed in results/study/.
+study_plots: setup
+	$(PY) plots.py $(patsubst %/log.jsonl,%,$(wildcard results/study/*/log.jsonl)) --out docs/figures/study
 
 # runs/*/results.json -> a Markdown table, paper vs ours (runs/report.md); and the study's
 # arms and paired comparisons from results/study/ (results/study/report.md).

@@ -311,6 +311,42 @@ def plot_resolution(run_dirs: list[str], out_path: str) -> str:
 
 # =============================================================================
 # Figure 3: saliency maps through the curriculum
+def efficiency_points(run: dict) -> list[tuple[float, float]]:
+    """(cumulative training seconds, cls test accuracy at 32 px) after each tested epoch and at
+    the end. Seconds are the epochs' step time (log.jsonl), without validation or tests."""
+    at_epoch, t, points = run["results"].get("at_epoch") or {}, 0.0, []
+    for row in run["log"]:
+        t += row["seconds"]
+        if str(row["epoch"]) in at_epoch:
+            points.append((t, at_epoch[str(row["epoch"])]["cls"]))
+    last = run["results"].get("heads_last", run["results"]["heads"])["cls"]["32"]
+    return points + [(t, last)]
+
+
+def plot_efficiency(run_dirs: list[str], out_path: str) -> str:
+    """Test accuracy (cls head, 32 px) against cumulative training seconds, one line per run.
+
+    The curriculum's claim is efficiency: at equal training time, is it ahead? Runs that
+    shared a machine have noisy seconds; the study runs record theirs one thread each.
+    """
+    runs = [r for r in map(load_run, run_dirs) if r["results"] and r["results"].get("at_epoch")]
+    if not runs:
+        raise RunError("no run tested after its epochs (test_epochs): nothing to plot")
+    fig = Figure(figsize=(8, 4), dpi=DPI)
+    ax = fig.subplots()
+    for i, run in enumerate(runs):
+        x, y = zip(*efficiency_points(run))
+        ax.plot([v / 60 for v in x], y, marker="o", ms=3, color=f"C{i % 10}",
+                ls="-" if run["config"].get("cl") else "--", label=run["name"])
+    ax.set_xlabel("cumulative training time (min; steps only)")
+    ax.set_ylabel("top-1 test accuracy at 32 px (%, cls head)")
+    ax.grid(alpha=0.3)
+    ax.set_title("Accuracy vs training time (solid: curriculum; dashed: fixed 32 px)", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.savefig(out_path, dpi=DPI, bbox_inches="tight")
+    return out_path
+
+
 # =============================================================================
 
 def upsample_map(m: torch.Tensor) -> torch.Tensor:
@@ -536,6 +572,9 @@ def draw_all(runs: list[dict], out: str) -> None:
         return
     print("wrote", plot_resolution([r["dir"] for r in finished],
                                    os.path.join(out, "resolution.png")))
+    tested = [r["dir"] for r in finished if r["results"].get("at_epoch")]
+    if tested:
+        print("wrote", plot_efficiency(tested, os.path.join(out, "efficiency.png")))
     in_table = [r["dir"] for r in finished if paper_key(r["name"])]
     if in_table:
         print("wrote", plot_table(in_table, os.path.join(out, "table.png")))
