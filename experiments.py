@@ -63,13 +63,15 @@ def cell(name: str, student: str, patch: int, setup: str) -> irkd.Config:
 EXPERIMENTS = {name: cell(name, s, p, setup) for name, s, p, setup, _ in TABLE}
 EXPERIMENTS.update({name: teacher_lib.teacher_config(patch) for name, patch, _ in TEACHERS})
 PAPER = {row[0]: row[-1] for row in TABLE} | {name: acc for name, _, acc in TEACHERS}
-SETUP = {name: setup for name, _, _, setup, _ in TABLE} | {name: "teacher" for name, _, _ in TEACHERS}
+SETUP = ({name: setup for name, _, _, setup, _ in TABLE}
+         | {name: "teacher" for name, _, _ in TEACHERS})
 
 # A reduced protocol that a 2-core CPU finishes in about an hour: the custom-student
 # column with a custom-size teacher (40 epochs), on 10,000 of the training images,
 # 18 epochs (3 per curriculum stage). Same code, smaller budget; the paper's number of
 # the full cell stands beside each for orientation only.
-CPU_PROTOCOL = dict(train_size=10000, val_size=1000, epochs=18, teacher_model="custom", teacher_epochs=40)
+CPU_PROTOCOL = dict(train_size=10000, val_size=1000, epochs=18, teacher_model="custom",
+                    teacher_epochs=40)
 for _name, _, _, _setup, _paper in TABLE[:5]:
     _cpu = "cpu_" + _setup.lower().replace("+", "_")
     EXPERIMENTS[_cpu] = dataclasses.replace(EXPERIMENTS[_name], name=_cpu, **CPU_PROTOCOL)
@@ -80,7 +82,8 @@ CPU_CELLS = [n for n in EXPERIMENTS if n.startswith("cpu_")]
 # erasing ("_ta_re").
 _cpu_teacher = teacher_lib.teacher_config(4, base=EXPERIMENTS["cpu_kd"])
 EXPERIMENTS[_cpu_teacher.name] = _cpu_teacher
-_ablation = {"_plain": ({}, "teacher"), "_ta_re": (dict(randaug=True, erasing=0.25), "teacher + TA + RE")}
+_ablation = {"_plain": ({}, "teacher"),
+             "_ta_re": (dict(randaug=True, erasing=0.25), "teacher + TA + RE")}
 for _suffix, (_aug, _what) in _ablation.items():
     _name = _cpu_teacher.name + _suffix
     EXPERIMENTS[_name] = dataclasses.replace(_cpu_teacher, name=_name, **_aug)
@@ -93,13 +96,15 @@ SETUP[_cpu_teacher.name] = "teacher"
 # CL), the curriculum by cropping (a growing res x res window of the padded image), crop + flip
 # in the CL and KD arms, the notebooks' loss form (1 - alpha) CE + alpha KD + gamma Sal.
 ORIGINAL = dict(head="cls", resize_mode="crop")
-EARLY_STOP = dict(patience=3, select="best")     # CE and CL cells: patience 3 per stage, best weights
+EARLY_STOP = dict(patience=3, select="best")  # CE and CL cells: patience 3 per stage, best weights
 REPLAY = {  # name: (Table 1 cell, student, patch, setup, what the notebook did beyond ORIGINAL)
     # P_2_OUR_STUDENT.ipynb (was Experiment_1a): no augmentation at all in CE (the shared-
     # transform bug); AdamW kept across stages in CL, re-created per stage in KD+CL. The teacher
     # was an ImageNet-pretrained DeiT-S (not reproducible offline): here a ViT-Small from scratch.
-    "orig_custom_p2_ce": ("custom_p4_ce", "custom", 2, "CE", dict(augment="none", **EARLY_STOP)),
-    "orig_custom_p2_cl": ("custom_p4_cl", "custom", 2, "CL", dict(fresh_optimizer=False, **EARLY_STOP)),
+    "orig_custom_p2_ce": ("custom_p4_ce", "custom", 2, "CE",
+                          dict(augment="none", **EARLY_STOP)),
+    "orig_custom_p2_cl": ("custom_p4_cl", "custom", 2, "CL",
+                          dict(fresh_optimizer=False, **EARLY_STOP)),
     "orig_custom_p2_kd": ("custom_p4_kd", "custom", 2, "KD", {}),
     "orig_custom_p2_kd_cl": ("exp1a", "custom", 2, "KD+CL", {}),
     # P_2_OUR_STUDENT_SAL_MAP.ipynb (was Experiment_1b): the linear-probe gradient saliency at
@@ -111,13 +116,15 @@ REPLAY = {  # name: (Table 1 cell, student, patch, setup, what the notebook did 
     # TrivialAugment stands in for it (not the same policy). Dropout 0.1 in ViT-Tiny students.
     "orig_tiny_p2_kd": ("kdonly", "tiny", 2, "KD", dict(dropout=0.1, randaug=True, erasing=0.25)),
     # P_2_KD_CL.ipynb and P_2_SaliencyMap.ipynb: AdamW kept; the probe saliency at all 12 layers.
-    "orig_tiny_p2_kd_cl": ("tiny_p2_kd_cl", "tiny", 2, "KD+CL", dict(dropout=0.1, fresh_optimizer=False)),
+    "orig_tiny_p2_kd_cl": ("tiny_p2_kd_cl", "tiny", 2, "KD+CL",
+                           dict(dropout=0.1, fresh_optimizer=False)),
     "orig_tiny_p2_kd_cl_sal": ("saliency_p2", "tiny", 2, "KD+CL+Sal",
                                dict(dropout=0.1, fresh_optimizer=False, saliency="probe")),
     # P_4_ALL.ipynb (was SMALL_P_4_ALL.py): numbers in Markdown only, no logs. CE without
     # augmentation; AdamW re-created per stage in KD+CL and KD+CL+Sal only; the raw class-token
     # attention saliency averaged over 12 layers; the teacher trained from scratch (recipe below).
-    "orig_tiny_p4_ce": ("tiny_p4_ce", "tiny", 4, "CE", dict(dropout=0.1, augment="none", **EARLY_STOP)),
+    "orig_tiny_p4_ce": ("tiny_p4_ce", "tiny", 4, "CE",
+                        dict(dropout=0.1, augment="none", **EARLY_STOP)),
     "orig_tiny_p4_cl": ("tiny_p4_cl", "tiny", 4, "CL",
                         dict(dropout=0.1, fresh_optimizer=False, **EARLY_STOP)),
     "orig_tiny_p4_kd": ("tiny_p4_kd", "tiny", 4, "KD", dict(dropout=0.1)),
@@ -133,11 +140,13 @@ for _name, (_cell, _student, _patch, _setup, _change) in REPLAY.items():
 # The two teachers: p4 from scratch as the notebook trained it (OneCycle peaking at 60 %, dropout
 # 0.1, best validation epoch; its AutoAugment and random erasing were never applied); p2 was an
 # ImageNet-pretrained DeiT-S fine-tuned 50-65 epochs: here the nearest offline thing, from scratch.
-for _name, _patch, _recipe in (("orig_teacher_small_p4", 4, "original"), ("orig_teacher_small_p2", 2, "default")):
+for _name, _patch, _recipe in (("orig_teacher_small_p4", 4, "original"),
+                               ("orig_teacher_small_p2", 2, "default")):
     _t = teacher_lib.teacher_config(_patch, base=dataclasses.replace(BASE, teacher_recipe=_recipe))
     EXPERIMENTS[_name] = dataclasses.replace(_t, name=_t.name)   # cached under its own name
     PAPER[_name] = PAPER[f"teacher_small_p{_patch}"]
-    SETUP[_name] = "teacher, replayed" if _patch == 4 else "teacher (pretrained in the original; from scratch here)"
+    SETUP[_name] = ("teacher, replayed" if _patch == 4
+                    else "teacher (pretrained in the original; from scratch here)")
 
 # "What holds up": a controlled, multi-seed test of the paper's claims that a 2-core CPU can run
 # (README, "What holds up"). The custom student, patch 4, all 45,000 / 5,000 / 10,000 images,
@@ -176,7 +185,8 @@ for _base in ("tiny_p4_kd_cl_sal", "cpu_kd_cl_sal"):
         EXPERIMENTS[_name] = dataclasses.replace(EXPERIMENTS[_base], name=_name, **_change)
         SETUP[_name] = f"KD+CL+Sal, {_what}"                      # no paper number
 GROUPS = {
-    "small_p4_all": ["tiny_p4_ce", "tiny_p4_cl", "tiny_p4_kd", "tiny_p4_kd_cl", "tiny_p4_kd_cl_sal"],
+    "small_p4_all": ["tiny_p4_ce", "tiny_p4_cl", "tiny_p4_kd", "tiny_p4_kd_cl",
+                     "tiny_p4_kd_cl_sal"],
     "table": [name for name, _, _ in TEACHERS] + [row[0] for row in TABLE],
     "beyond": [f"tiny_p4_kd_cl_sal_{s}" for s in BEYOND],
     "cpu": CPU_CELLS,
@@ -191,10 +201,11 @@ NAMED = ["exp1a", "exp1b", "saliency_p2", "small_p4_all", "kdonly"]
 def quick(cfg: irkd.Config) -> irkd.Config:
     """The smoke path: a subset sized to the model and one epoch per curriculum stage."""
     if cfg.name.startswith("teacher_"):
-        return teacher_lib.teacher_config(cfg.patch_size, quick=True, base=dataclasses.replace(cfg, out=f"{cfg.out}/quick"))
+        return teacher_lib.teacher_config(cfg.patch_size, quick=True,
+                                          base=dataclasses.replace(cfg, out=f"{cfg.out}/quick"))
     sizes = teacher_lib.quick_sizes(cfg.model, cfg.patch_size, epochs=len(cfg.resolutions))
-    return dataclasses.replace(cfg, quick=True, out=f"{cfg.out}/quick", teacher_model=teacher_lib.QUICK_PRESET,
-                               teacher_epochs=8, **sizes,
+    return dataclasses.replace(cfg, quick=True, out=f"{cfg.out}/quick",
+                               teacher_model=teacher_lib.QUICK_PRESET, teacher_epochs=8, **sizes,
                                test_epochs=tuple(e for e in cfg.test_epochs if e < sizes["epochs"]))
 
 
@@ -258,7 +269,8 @@ def collect(out: str = "runs") -> dict[str, list[dict]]:
                        glob.glob(os.path.join(out, "quick", "*", "results.json"))):
         with open(path) as f:
             r = json.load(f)
-        # by directory (a link to another run's directory counts as that run), not by the name inside
+        # by directory (a link to another run's directory counts as that run), not by the
+        # name inside
         base = re.sub(r"-seed\d+$", "", os.path.basename(os.path.realpath(os.path.dirname(path))))
         key = f"{base} (quick)" if r.get("quick") else base
         groups.setdefault(key, {})[r["seed"]] = r   # one result per seed
@@ -284,11 +296,13 @@ def report(out: str = "runs") -> str:
         rs, base = groups[key], key.split(" ")[0]
         cfg = EXPERIMENTS.get(base)
         paper = PAPER.get(base)
-        by_res = [mean_std([r["test_acc_by_res"][x] for r in rs if x in r["test_acc_by_res"]]) for x in res]
+        by_res = [mean_std([r["test_acc_by_res"][x] for r in rs if x in r["test_acc_by_res"]])
+                  for x in res]
         lines.append("| " + " | ".join([
             key, SETUP.get(base, "?"), f"{cfg.model} p{cfg.patch_size}" if cfg else "?",
             f"{paper:.2f}" if paper else "–", mean_std([r["test_acc"] for r in rs]), *by_res,
-            ",".join(str(r["seed"]) for r in rs), f"{rs[0]['train_images']} / {rs[0]['test_images']}",
+            ",".join(str(r["seed"]) for r in rs),
+            f"{rs[0]['train_images']} / {rs[0]['test_images']}",
             f"{statistics.mean(r['wall_s'] for r in rs):.0f}", rs[0]["device"]]) + " |")
     return "\n".join(lines)
 
@@ -315,7 +329,8 @@ T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]  
 
 
 def mcnemar_p(a_right: list[bool], b_right: list[bool]) -> float:
-    """Exact two-sided McNemar test: a binomial(n, 1/2) on the images exactly one model gets right."""
+    """Exact two-sided McNemar test: a binomial(n, 1/2) on the images exactly one model
+    gets right."""
     b = sum(x and not y for x, y in zip(a_right, b_right))
     c = sum(y and not x for x, y in zip(a_right, b_right))
     n, k = b + c, min(b, c)
@@ -348,8 +363,8 @@ def paired(out: str, a: str, at_a: str, b: str, at_b: str, head: str = "cls") ->
         y = pa["labels"]
         ra = [p == t for p, t in zip(pa[at_a][head], y)]
         rb = [p == t for p, t in zip(pb[at_b][head], y)]
-        rows.append(dict(seed=int(suffix[5:] or 0), a=100 * sum(ra) / len(y), b=100 * sum(rb) / len(y),
-                         p=mcnemar_p(ra, rb)))
+        rows.append(dict(seed=int(suffix[5:] or 0), a=100 * sum(ra) / len(y),
+                         b=100 * sum(rb) / len(y), p=mcnemar_p(ra, rb)))
     return sorted(rows, key=lambda r: r["seed"])
 
 
@@ -385,7 +400,8 @@ def study_report(out: str = "results/study") -> str:
               f"{mean + T975[n - 2] * statistics.stdev(diffs) / math.sqrt(n):+.2f}]"
               if 2 <= n <= len(T975) + 1 else "one seed: none")
         lines.append(f"| {what} ({at_a} vs {at_b}) | {','.join(str(r['seed']) for r in rows)} | "
-                     f"{statistics.mean(r['a'] for r in rows):.2f} | {statistics.mean(r['b'] for r in rows):.2f} | "
+                     f"{statistics.mean(r['a'] for r in rows):.2f} | "
+                     f"{statistics.mean(r['b'] for r in rows):.2f} | "
                      f"{mean:+.2f} | {ci} | {', '.join(format(r['p'], '.2g') for r in rows)} |")
     return "\n".join(lines)
 
@@ -412,7 +428,8 @@ def main(argv: list[str]) -> int:
                     f.write(table + "\n")
         return 0
     if name not in valid:
-        print(f"error: unknown experiment {name!r}; valid: list, report, {', '.join(valid)}", file=sys.stderr)
+        print(f"error: unknown experiment {name!r}; valid: list, report, {', '.join(valid)}",
+              file=sys.stderr)
         return 2
     seeds = None
     if "--seeds" in rest:                      # "--seeds 0,1,2" -> "--seeds=0,1,2"
@@ -423,14 +440,15 @@ def main(argv: list[str]) -> int:
         try:
             seeds = [int(v) for v in a.split("=", 1)[1].split(",")]
         except ValueError:
-            print(f"error: {a!r}: expected comma-separated integers, e.g. --seeds=0,1,2", file=sys.stderr)
+            print(f"error: {a!r}: expected comma-separated integers, e.g. --seeds=0,1,2",
+                  file=sys.stderr)
             return 2
     try:
         cfgs = configs_for(name, runs.parse_overrides(rest, irkd.Config))
         if seeds is not None:  # repeats: NAME, NAME-seed1, ...; teachers are trained once
             cfgs = [seeded(c, s) for c in cfgs
                     for s in (seeds if not c.name.startswith("teacher_") else [c.seed])]
-        for c in cfgs:                         # a bad config or device fails before the data is read
+        for c in cfgs:  # a bad config or device fails before the data is read
             c.check()
             runs.pick_device(c.device)
         data = data_lib.load_cifar10(cfgs[0].data)

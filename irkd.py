@@ -155,8 +155,9 @@ class ViT(nn.Module):
         patches = patches.permute(0, 2, 3, 1).reshape(1, gh * gw, D)      # (1, gh*gw, D)
         return torch.cat([prefix, patches.to(prefix.dtype)], dim=1)        # (1, N, D)
 
-    def forward(self, x: torch.Tensor, return_attn: bool = False):
-        # B batch, H x W pixels, p patch size, gh x gw patches, D width, C classes,
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) -> tokens (B, N, D): patches, prefix tokens, positions."""
+        # B batch, H x W pixels, p patch size, gh x gw patches, D width,
         # N = num_prefix + gh*gw tokens
         B, _, H, W = x.shape
         p = self.patch_size
@@ -170,16 +171,24 @@ class ViT(nn.Module):
         if self.dist_token is not None:
             prefix.append(self.dist_token.expand(B, -1, -1))
         x = torch.cat(prefix + [x], dim=1)                        # (B, N = num_prefix + gh*gw, D)
-        x = self.drop(x + self.pos_embed_for(gh, gw))             # positions for this grid
-        attentions = []                                           # per block (B, heads, N, N)
-        for block in self.blocks:
-            x, attn = block(x, return_attn)
-            attentions.append(attn)
+        return self.drop(x + self.pos_embed_for(gh, gw))          # positions for this grid
+
+    def classify(self, x: torch.Tensor):
+        """The last block's tokens (B, N, D) -> cls logits (B, C), or (cls, dist) logits."""
         x = self.norm(x)
         logits = self.head(x[:, 0])                               # (B, C) from the cls token
         if self.head_dist is not None:
             # Always both heads, in training and evaluation: the caller decides how to combine.
             logits = (logits, self.head_dist(x[:, 1]))            # + (B, C) from the dist token
+        return logits
+
+    def forward(self, x: torch.Tensor, return_attn: bool = False):
+        x = self.embed(x)                                         # (B, N, D)
+        attentions = []                                           # per block (B, heads, N, N)
+        for block in self.blocks:
+            x, attn = block(x, return_attn)
+            attentions.append(attn)
+        logits = self.classify(x)
         return (logits, attentions) if return_attn else logits
 
 
@@ -199,49 +208,66 @@ def count_params(model: nn.Module) -> int:
 # 2. Saliency: attention rollout (Abnar & Zuidema, 2020)
 # =============================================================================
 
-def attention_rollout(attentions: list[torch.Tensor], token: int = 0, num_prefix: int = 1,
-                      head_fusion: str = "mean", discard_ratio: float = 0.0) -> torch.Tensor:
-    """How much each patch flows into `token` through all layers -> (B, gh, gw).
-
-    attentions: per layer (B, heads, N, N) probabilities. Pure, batched and
-    differentiable, so the student's map can be trained.
-    """
+def rollout_step(rollout: torch.Tensor | None, attn: torch.Tensor, num_prefix: int = 1,
+                 head_fusion: str = "mean", discard_ratio: float = 0.0) -> torch.Tensor:
+    """One layer of attention rollout: (B, N, N) flow so far (None before the first layer)
+    and this layer's (B, heads, N, N) probabilities -> the flow through this layer too."""
     # B batch, N tokens = num_prefix + g*g patches; a layer's row i: where token i reads from
-    B, _, N, _ = attentions[0].shape
+    B, _, N, _ = attn.shape
+    eye = torch.eye(N, device=attn.device)
+    if rollout is None:
+        rollout = eye.expand(B, N, N)                              # (B, N, N): before any layer
+    attn = attn.float()                                            # a bf16 product would drift
+    # one (B, N, N) matrix per layer: the heads fused into one flow
+    if head_fusion == "mean":
+        a = attn.mean(dim=1)                                       # (B, N, N)
+    elif head_fusion == "max":
+        a = attn.amax(dim=1)
+    elif head_fusion == "min":
+        a = attn.amin(dim=1)
+    else:
+        raise ValueError(f"unknown head_fusion {head_fusion!r}; use mean, max or min")
+    if discard_ratio > 0:
+        # Drop the weakest links of each sample, never attention to a prefix token
+        # (column < num_prefix) nor a token's attention to itself (the diagonal).
+        protected = eye.bool().clone()
+        protected[:, :num_prefix] = True
+        # |diagonal| + |prefix columns| - their overlap, counted on the host: summing the
+        # mask would be a device-to-host sync per layer on CUDA.
+        k = int((N * N - (N + num_prefix * N - num_prefix)) * discard_ratio)
+        if k > 0:
+            scores = a.masked_fill(protected, float("inf")).flatten(1)  # (B, N*N)
+            drop = scores.topk(k, dim=1, largest=False).indices
+            a = a.flatten(1).scatter(1, drop, 0.0).view(B, N, N)      # (B, N, N)
+    a = (a + eye) / 2                                              # the residual connection
+    a = a / a.sum(dim=-1, keepdim=True)                            # rows sum to one again
+    return a @ rollout                                             # later layers on the left
+
+
+def rollout_map(rollout: torch.Tensor, token: int = 0, num_prefix: int = 1) -> torch.Tensor:
+    """The (B, N, N) flow -> row `token` over the patch columns, as a (B, gh, gw) map."""
+    B, N, _ = rollout.shape
     n_patches = N - num_prefix
     g = math.isqrt(n_patches)
     if g * g != n_patches:
         raise ValueError(f"{n_patches} patch tokens (N={N}, num_prefix={num_prefix}) "
                          "is not a square grid")
-    eye = torch.eye(N, device=attentions[0].device)
-    rollout = eye.expand(B, N, N)                                  # (B, N, N): before any layer
-    for attn in attentions:
-        attn = attn.float()                                        # a bf16 product would drift
-        # one (B, N, N) matrix per layer: the heads fused into one flow
-        if head_fusion == "mean":
-            a = attn.mean(dim=1)                                   # (B, N, N)
-        elif head_fusion == "max":
-            a = attn.amax(dim=1)
-        elif head_fusion == "min":
-            a = attn.amin(dim=1)
-        else:
-            raise ValueError(f"unknown head_fusion {head_fusion!r}; use mean, max or min")
-        if discard_ratio > 0:
-            # Drop the weakest links of each sample, never attention to a prefix token
-            # (column < num_prefix) nor a token's attention to itself (the diagonal).
-            protected = eye.bool().clone()
-            protected[:, :num_prefix] = True
-            # |diagonal| + |prefix columns| - their overlap, counted on the host: summing the
-            # mask would be a device-to-host sync per layer on CUDA.
-            k = int((N * N - (N + num_prefix * N - num_prefix)) * discard_ratio)
-            if k > 0:
-                scores = a.masked_fill(protected, float("inf")).flatten(1)  # (B, N*N)
-                drop = scores.topk(k, dim=1, largest=False).indices
-                a = a.flatten(1).scatter(1, drop, 0.0).view(B, N, N)  # (B, N, N)
-        a = (a + eye) / 2                                          # the residual connection
-        a = a / a.sum(dim=-1, keepdim=True)                        # rows sum to one again
-        rollout = a @ rollout                                      # later layers on the left
     return rollout[:, token, num_prefix:].reshape(B, g, g)        # (B, gh, gw)
+
+
+def attention_rollout(attentions: list[torch.Tensor], token: int = 0, num_prefix: int = 1,
+                      head_fusion: str = "mean", discard_ratio: float = 0.0) -> torch.Tensor:
+    """How much each patch flows into `token` through all layers -> (B, gh, gw).
+
+    attentions: per layer (B, heads, N, N) probabilities. Pure, batched and
+    differentiable, so the student's map can be trained. Per layer: fuse the heads,
+    optionally drop the weakest links, add the identity (the residual), renormalise the
+    rows, multiply onto the flow so far (rollout_step); then read row `token`.
+    """
+    rollout = None
+    for attn in attentions:
+        rollout = rollout_step(rollout, attn, num_prefix, head_fusion, discard_ratio)
+    return rollout_map(rollout, token, num_prefix)
 
 
 def minmax_normalize(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -565,12 +591,18 @@ class IRKDLoss(nn.Module):
         (as the notebooks did); None = probe_layers of the teacher's own depth.
         """
         t = self.teacher
-        if self.saliency in ("rollout", "attn"):
+        if self.saliency == "rollout":
+            # folded in as the forward goes: one layer's attention in memory at a time, not all
+            with torch.no_grad():
+                h, flow = t.embed(x), None                                   # (B, N, D)
+                for block in t.blocks:
+                    h, attn = block(h, return_attn=True)                     # (B, heads, N, N)
+                    flow = rollout_step(flow, attn, num_prefix=t.num_prefix)  # (B, N, N)
+                return t.classify(h), rollout_map(flow, num_prefix=t.num_prefix)
+        if self.saliency == "attn":
             with torch.no_grad():
                 logits, attn = t(x, return_attn=True)
-            if self.saliency == "attn":
-                return logits, cls_attention_maps(attn, num_prefix=t.num_prefix)   # (L, B, gh, gw)
-            return logits, attention_rollout(attn, num_prefix=t.num_prefix)       # (B, gh, gw)
+            return logits, cls_attention_maps(attn, num_prefix=t.num_prefix)       # (L, B, gh, gw)
         if self.saliency == "probe":
             layers = probe_layers(len(t.blocks)) if layers is None else layers
             if max(layers) >= len(t.blocks):

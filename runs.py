@@ -121,6 +121,21 @@ def maybe_compile(module, enabled: bool, device: torch.device):
     return compile_model(module, device) if enabled and module is not None else module
 
 
+def peak_memory_mib(device: torch.device) -> dict:
+    """The process's peak resident memory so far (MiB; a teacher trained first counts too),
+    and on CUDA the peak of tensors on the GPU."""
+    peak = {}
+    try:
+        import resource
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss     # KiB on Linux (bytes on macOS)
+        peak["rss"] = round(kib / 1024 / (1024 if sys.platform == "darwin" else 1), 1)
+    except (ImportError, OSError):
+        pass
+    if device.type == "cuda":
+        peak["cuda"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return peak
+
+
 def git_commit() -> str:
     """The commit this code runs on ("-dirty" when tracked files differ from it), or "unknown"."""
     here = os.path.dirname(os.path.abspath(__file__))
@@ -429,6 +444,7 @@ class Run:
                        train_s=round(self.train_s, 1), device=device_name(self.device),
                        seed=cfg.seed,
                        **extra, test_images=len(test_x), quick=cfg.quick, commit=self.commit,
+                       peak_memory_mib=peak_memory_mib(self.device),
                        # which copy of the data: the official archive and the JPEG copy differ here
                        test_md5=hashlib.md5(test_x.cpu().numpy().tobytes()).hexdigest())
         save_atomic(dict(model=model.state_dict(), model_args=self.model_args,

@@ -197,5 +197,6 @@ def test_the_replays_say_what_they_replay():
         cfg = experiments.EXPERIMENTS[name]
         assert experiments.PAPER[name] == experiments.PAPER[cell] and cfg.head == "cls"
         assert cfg.resize_mode == "crop" and cfg.patch_size == patch
-        assert (cfg.augment == "none") == (setup == "CE") and (cfg.patience > 0) == ("KD" not in setup)
+        assert ((cfg.augment == "none") == (setup == "CE")
+                and (cfg.patience > 0) == ("KD" not in setup))
     assert experiments.EXPERIMENTS["orig_teacher_small_p4"].name == "teacher_small_p4_orig"

@@ -129,3 +129,16 @@ def test_irkd_loss_mixes_ce_kd_and_saliency():
     loss.backward()
     assert student.head_dist.weight.grad.abs().sum() > 0   # the dist head is trained by KD
     assert student.head.weight.grad.abs().sum() > 0
+
+
+# Oracle: attention_rollout of the teacher's stored attentions. The teacher's rollout is folded
+# in as its forward goes (one layer's attention in memory at a time): the same map, exactly.
+def test_teacher_rollout_folded_in_equals_the_stored_one():
+    torch.manual_seed(0)
+    teacher = tiny_vit(patch_size=4).eval()
+    x = torch.randn(3, 3, 16, 16)
+    logits, t_map = irkd.IRKDLoss(teacher, gamma=0.8).teacher_saliency(x, torch.tensor([1, 2, 3]))
+    with torch.no_grad():
+        want_logits, attentions = teacher(x, return_attn=True)
+    assert torch.equal(logits, want_logits)
+    assert torch.equal(t_map, irkd.attention_rollout(attentions, num_prefix=1))

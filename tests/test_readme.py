@@ -1,4 +1,5 @@
-"""The README, checked: it documents the code, so what it shows must run and what it links must exist.
+"""The README, checked: it documents the code, so what it shows must run and what it links
+must exist.
 
 - The python usage block under "## Reading the code" is taken from README.md verbatim
   and executed (CPU, about a second); it must print the shapes the README promises.
@@ -30,7 +31,8 @@ def section(text: str, heading: str) -> str:
 def usage_block() -> str:
     body = section(read_readme(), "Reading the code")
     blocks = re.findall(r"^```python\n(.*?)^```", body, re.M | re.S)
-    assert len(blocks) == 1, f"expected one python block under 'Reading the code', found {len(blocks)}"
+    assert len(blocks) == 1, ("expected one python block under 'Reading the code', "
+                              f"found {len(blocks)}")
     return blocks[0]
 
 

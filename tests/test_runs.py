@@ -194,7 +194,8 @@ def test_truncated_checkpoint_is_named(tmp_path, train_data):
         irkd.train(tiny_cfg(tmp_path, epochs=2), data=train_data)
     with pytest.raises(ValueError, match="finished run.*--overwrite=true"):  # never silently
         irkd.train(tiny_cfg(tmp_path, epochs=2, resume=False), data=train_data)
-    irkd.train(tiny_cfg(tmp_path, epochs=2, resume=False, overwrite=True), data=train_data)  # the way out
+    irkd.train(tiny_cfg(tmp_path, epochs=2, resume=False, overwrite=True),
+               data=train_data)  # the way out
 
 
 def test_resume_refuses_a_different_config(tmp_path, train_data):

@@ -38,14 +38,17 @@ def test_cls_attention_maps_match_loop_oracle():
 
 
 def test_attn_loss_matches_loop_oracle_and_pairs_layers_by_index():
-    s = irkd.cls_attention_maps(attention(3, 2, 2, 2 + 16, seed=1), num_prefix=2)   # student: 3 layers
-    t = irkd.cls_attention_maps(attention(5, 2, 3, 1 + 16, seed=2), num_prefix=1)   # teacher: 5 layers
-    want = sum(sum(((minmax(s[l, b], 1e-8) - minmax(t[l, b], 1e-8)) ** 2).mean() for b in range(2)) / 2
-               for l in range(3)) / 3                                  # layers 0..2 of both, averaged
+    # student: 3 layers, teacher: 5 layers
+    s = irkd.cls_attention_maps(attention(3, 2, 2, 2 + 16, seed=1), num_prefix=2)
+    t = irkd.cls_attention_maps(attention(5, 2, 3, 1 + 16, seed=2), num_prefix=1)
+    want = sum(sum(((minmax(s[l, b], 1e-8) - minmax(t[l, b], 1e-8)) ** 2).mean()
+                   for b in range(2)) / 2
+               for l in range(3)) / 3  # layers 0..2 of both, averaged
     torch.testing.assert_close(irkd.attn_saliency_loss(s, t), want, atol=1e-7, rtol=0)
-    fine = torch.rand(2, 2, 8, 8)                                       # a finer teacher grid: 2x2 area mean
+    fine = torch.rand(2, 2, 8, 8)  # a finer teacher grid: 2x2 area mean
     pooled = fine.view(2, 2, 4, 2, 4, 2).mean(dim=(3, 5))
-    torch.testing.assert_close(irkd.attn_saliency_loss(s[:2], fine), irkd.attn_saliency_loss(s[:2], pooled))
+    torch.testing.assert_close(irkd.attn_saliency_loss(s[:2], fine),
+                               irkd.attn_saliency_loss(s[:2], pooled))
 
 
 def student_tokens(seed=0, layers=(0, 1)):
@@ -74,18 +77,21 @@ def test_probe_loss_matches_loop_oracle():
     g = torch.Generator().manual_seed(3)
     s, t = torch.rand(3, 2, 4, 4, 10, generator=g), torch.rand(3, 2, 4, 4, 10, generator=g)
     want = sum(sum(((minmax(s[l, b], 1e-6) - minmax(t[l, b], 1e-6)) ** 2).sum() for b in range(2))
-               / s[l].numel() for l in range(3))                        # joint over patches x classes; sum over layers
+               / s[l].numel() for l in range(3))  # joint over patches x classes; sum over layers
     torch.testing.assert_close(irkd.probe_saliency_loss(s, t), want, atol=1e-6, rtol=0)
     fine = torch.rand(3, 2, 8, 8, 10, generator=g)
     pooled = fine.view(3, 2, 4, 2, 4, 2, 10).mean(dim=(3, 5))
-    torch.testing.assert_close(irkd.probe_saliency_loss(s, fine), irkd.probe_saliency_loss(s, pooled))
+    torch.testing.assert_close(irkd.probe_saliency_loss(s, fine),
+                               irkd.probe_saliency_loss(s, pooled))
 
 
 def test_student_probe_map_is_second_order_teacher_map_has_no_graph():
     model, tokens = student_tokens()
     maps = irkd.probe_gradient_maps(tokens, model.head, num_prefix=2, create_graph=True)
-    # the patch features do not depend on the head: its gradient comes only through w (second order)
-    g_head, g_qkv = torch.autograd.grad((maps ** 2).sum(), [model.head.weight, model.blocks[0].attn.qkv.weight])
+    # the patch features do not depend on the head: its gradient comes only through w
+    # (second order)
+    g_head, g_qkv = torch.autograd.grad((maps ** 2).sum(),
+                                        [model.head.weight, model.blocks[0].attn.qkv.weight])
     assert g_head.abs().sum() > 0 and g_qkv.abs().sum() > 0
     torch.manual_seed(1)
     teacher, x = tiny_vit(4), torch.randn(2, 3, 16, 16)
@@ -99,11 +105,12 @@ def test_gradcam_weights_come_from_patch_tokens_only():
     torch.manual_seed(0)
     h = torch.randn(2, 2 + 4, 8, requires_grad=True)                   # [cls, dist, 4 patches]
     A, Bm, y = torch.randn(8, 5), torch.randn(8, 5), torch.tensor([1, 4])
-    cams = [irkd.token_gradcam(k * h[:, 0] @ A + h[:, 2:].mean(1) @ Bm, [h], y, 2, create_graph=False)
+    cams = [irkd.token_gradcam(k * h[:, 0] @ A + h[:, 2:].mean(1) @ Bm, [h], y, 2,
+                               create_graph=False)
             for k in (1.0, 1000.0)]                                     # a 1000x louder cls token
     torch.testing.assert_close(cams[0], cams[1], atol=0, rtol=0)        # changes nothing
     for b in range(2):
-        w = Bm[:, y[b]] / 4                                             # patch-mean of d score / d patch
+        w = Bm[:, y[b]] / 4  # patch-mean of d score / d patch
         want = torch.stack([F.relu((w * h[b, 2 + n]).sum()) for n in range(4)]).view(2, 2)
         torch.testing.assert_close(cams[0][b], want.detach(), atol=1e-5, rtol=1e-5)
 
@@ -117,7 +124,7 @@ def test_gradcam_last_block_patch_tokens_get_zero_gradient():
     assert grads[1][:, 2:].abs().max() == 0 and grads[1][:, :2].abs().max() > 0
     assert grads[0][:, 2:].abs().max() > 0
     last = irkd.token_gradcam(cls, tokens[1:], y, num_prefix=2, create_graph=False)
-    assert last.abs().max() == 0                                        # the last block's map is all zero
+    assert last.abs().max() == 0  # the last block's map is all zero
 
 
 @pytest.mark.parametrize("saliency", irkd.SALIENCY)

@@ -101,7 +101,8 @@ def test_check_rejects_bad_eval_resolution_without_cl():
 
 # Oracle: the images the teacher sees. Mixup (soft labels) cannot go with kd, nor erasing when
 # the teacher gets the 32-px view (it would not be erased); erasing is a probability.
-@pytest.mark.parametrize("kw", [dict(mixup=True, kd=True), dict(erasing=0.25, kd=True, teacher_res="full"),
+@pytest.mark.parametrize("kw", [dict(mixup=True, kd=True),
+                                dict(erasing=0.25, kd=True, teacher_res="full"),
                                 dict(erasing=1.5), dict(erasing=-0.1)])
 def test_check_rejects_recipe_extras_the_teacher_would_not_see(kw):
     with pytest.raises(ValueError, match="mixup|erasing"):
@@ -432,3 +433,8 @@ def test_every_replay_runs(name, tmp_path, train_data):
     teacher = irkd.build_model("custom", patch_size=cfg.patch_size) if cfg.kd else None
     r = irkd.train(cfg, teacher=teacher, data=train_data)
     assert r["test_head"] == "cls" and r["select"] == cfg.select and 0 <= r["test_acc"] <= 100
+
+
+def test_results_report_peak_memory(curriculum_run):
+    results, _ = curriculum_run
+    assert results["peak_memory_mib"]["rss"] > 50        # a torch process: tens of MiB at least
