@@ -204,9 +204,14 @@ def quick(cfg: irkd.Config) -> irkd.Config:
         return teacher_lib.teacher_config(cfg.patch_size, quick=True,
                                           base=dataclasses.replace(cfg, out=f"{cfg.out}/quick"))
     sizes = teacher_lib.quick_sizes(cfg.model, cfg.patch_size, epochs=len(cfg.resolutions))
+    # a ViT-Tiny or patch-2 student at batch 128 needs 8-10 GiB: recompute its blocks in
+    # backward instead (the same numbers; docs/memory.out) so that a laptop runs it
+    heavy = (cfg.model != "custom" or cfg.patch_size < 4) and not (
+        cfg.sal and cfg.saliency in ("grad", "probe"))
     return dataclasses.replace(cfg, quick=True, out=f"{cfg.out}/quick",
                                teacher_model=teacher_lib.QUICK_PRESET, teacher_epochs=8, **sizes,
-                               test_epochs=tuple(e for e in cfg.test_epochs if e < sizes["epochs"]))
+                               test_epochs=tuple(e for e in cfg.test_epochs if e < sizes["epochs"]),
+                               checkpoint=cfg.checkpoint or heavy)
 
 
 def configs_for(name: str, overrides: dict) -> list[irkd.Config]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
 import data as data_lib
@@ -119,6 +120,9 @@ class ViT(nn.Module):
         # the heads read the final cls token and dist token; the patches feed them via attention
         self.head = nn.Linear(dim, num_classes)
         self.head_dist = nn.Linear(dim, num_classes) if distill_token else None
+        # True: keep only each block's input for backward and recompute the block there
+        # (train() sets it from Config.checkpoint): far less memory, the same numbers
+        self.grad_checkpoint = False
         self.apply(self._init_weights)
         # the learned tokens start as small random vectors (std 0.02, as in ViT / DeiT)
         for p in (self.pos_embed, self.cls_token, self.dist_token):
@@ -186,7 +190,10 @@ class ViT(nn.Module):
         x = self.embed(x)                                         # (B, N, D)
         attentions = []                                           # per block (B, heads, N, N)
         for block in self.blocks:
-            x, attn = block(x, return_attn)
+            if self.grad_checkpoint and torch.is_grad_enabled():
+                x, attn = checkpoint(block, x, return_attn, use_reentrant=False)
+            else:
+                x, attn = block(x, return_attn)
             attentions.append(attn)
         logits = self.classify(x)
         return (logits, attentions) if return_attn else logits
@@ -689,6 +696,7 @@ class Config:
     resume: bool = True                # continue from runs/NAME/checkpoint.pt when it exists
     overwrite: bool = False            # with resume=False: replace a finished run's directory
     compile: bool = False              # torch.compile the student and teacher (CUDA graphs on CUDA)
+    checkpoint: bool = False           # recompute each block in backward: less memory, same numbers
 
     def stages(self) -> list[tuple[int, int]]:
         """[(resolution, epochs), ...]: six 10-epoch stages with cl, else 60 epochs at 32 px."""
@@ -737,6 +745,9 @@ class Config:
                                          and any(r % t_patch for r in self.resolutions))):
             bad(f"teacher_patch={t_patch} must divide 32 and, with teacher_res='same', every "
                 f"curriculum resolution {self.resolutions}")
+        if self.checkpoint and self.sal and self.saliency in ("grad", "probe"):
+            bad(f"checkpoint=True is not supported with saliency={self.saliency!r} (second-order "
+                f"gradients through recomputed blocks are untested); use --checkpoint=false")
         if self.patience < 0:
             bad(f"patience={self.patience}: 0 (no early stopping) or a number of epochs")
         if any(not 1 <= e <= self.epochs for e in self.test_epochs):
@@ -798,12 +809,14 @@ def saliency_snapshot(model: nn.Module, teacher: nn.Module | None, images: torch
     model.eval()
     x = normalize(images)
     _, attn = model(resize(x, res), return_attn=True)
-    snap = dict(res=res, student=attention_rollout(attn, num_prefix=model.num_prefix).cpu())
+    # clone: a map is a view of its (B, N, N) flow, which torch.save would store whole
+    snap = dict(res=res, student=attention_rollout(attn, num_prefix=model.num_prefix).cpu().clone())
     if teacher is not None:
         _, t_attn = teacher(resize(x, 32 if teacher_res == "full" else res), return_attn=True)
-        snap["teacher"] = attention_rollout(t_attn, num_prefix=teacher.num_prefix).cpu()
+        snap["teacher"] = attention_rollout(t_attn, num_prefix=teacher.num_prefix).cpu().clone()
     model.train(was_training)
     return snap
+
 
 def train_step(model: nn.Module, loss_fn: IRKDLoss, opt: torch.optim.Optimizer, x: torch.Tensor,
                target: torch.Tensor, *, labels: torch.Tensor, teacher_input: torch.Tensor,
@@ -840,6 +853,24 @@ def train_step(model: nn.Module, loss_fn: IRKDLoss, opt: torch.optim.Optimizer, 
                         (cls_logits.argmax(-1) == labels).sum().float()])
 
 
+def build(cfg: Config, teacher: nn.Module | None, device: torch.device):
+    """The model to train and its loss -> (model, the teacher on the device, step_model, loss_fn).
+
+    step_model is what the steps run: the same module, compiled with cfg.compile (the
+    weights are shared, so save and load through `model`).
+    """
+    torch.manual_seed(cfg.seed)            # the initial weights are a function of the seed
+    model = build_model(**model_args(cfg)).to(device)
+    model.grad_checkpoint = cfg.checkpoint
+    teacher = teacher.to(device) if cfg.kd else None   # without kd a given teacher is unused
+    step_model, step_teacher = (runs.maybe_compile(m, cfg.compile, device)
+                                for m in (model, teacher))
+    loss_fn = IRKDLoss(step_teacher, alpha=cfg.alpha, temperature=cfg.temperature, hard=cfg.hard_kd,
+                       gamma=cfg.gamma if cfg.sal else 0.0, label_smoothing=cfg.label_smoothing,
+                       saliency=cfg.saliency, loss_form=cfg.loss_form)
+    return model, teacher, step_model, loss_fn
+
+
 def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = None,
           teacher_info: dict | None = None) -> dict:
     """Train one model through the curriculum, test it at every resolution -> results.json's dict.
@@ -851,56 +882,39 @@ def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = 
     if cfg.kd and teacher is None:
         raise ValueError(f"config {cfg.name!r} has kd=True but no teacher was given")
     run = runs.Run(cfg, teacher_info=teacher_info)  # device, runs/NAME/, a checkpoint to resume
-    device = run.device
-    # the fixed train / val split and the test set, cut to the configured sizes, on the device
     d = data_lib.prepare(data if data is not None else data_lib.load_cifar10(cfg.data),
-                         device=device, train_size=cfg.train_size, val_size=cfg.val_size,
+                         device=run.device, train_size=cfg.train_size, val_size=cfg.val_size,
                          test_size=cfg.test_size, batch_size=cfg.batch_size)
-    # the student (or a teacher in training): its initial weights are a function of the seed
-    torch.manual_seed(cfg.seed)
-    model = build_model(**model_args(cfg)).to(device)
-    teacher = teacher.to(device) if cfg.kd else None   # without kd a given teacher is unused
-    # what the steps run: the same modules, compiled with cfg.compile (the weights are shared)
-    step_model, step_teacher = (runs.maybe_compile(m, cfg.compile, device)
-                                for m in (model, teacher))
-    loss_fn = IRKDLoss(step_teacher, alpha=cfg.alpha, temperature=cfg.temperature, hard=cfg.hard_kd,
-                       gamma=cfg.gamma if cfg.sal else 0.0, label_smoothing=cfg.label_smoothing,
-                       saliency=cfg.saliency, loss_form=cfg.loss_form)
+    model, teacher, step_model, loss_fn = build(cfg, teacher, run.device)
     # every random draw of the data comes from these three generators, all saved in checkpoints
-    sampler = data_lib.EpochSampler(len(d["train_x"]), cfg.batch_size, cfg.seed, device)
+    sampler = data_lib.EpochSampler(len(d["train_x"]), cfg.batch_size, cfg.seed, run.device)
     mix_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
-    # stages: [(res, epochs)]; the lr schedule runs over the steps of all of them
-    stages, steps = cfg.stages(), sampler.steps_per_epoch()
-    total_steps, epochs_total = steps * sum(e for _, e in stages), sum(e for _, e in stages)
+    aug_gen = torch.Generator(device=run.device).manual_seed(cfg.seed + 2)
+    stages, steps = cfg.stages(), sampler.steps_per_epoch()     # [(res, epochs)], steps/epoch
+    total_epochs = sum(e for _, e in stages)
     run.start(model, dict(sampler_rng=sampler.generator, mix_rng=mix_gen, aug_rng=aug_gen),
-              model_args=model_args(cfg), params=count_params(model),
-              epochs=epochs_total, images_per_epoch=steps * cfg.batch_size)
+              model_args=model_args(cfg), params=count_params(model), epochs=total_epochs,
+              images_per_epoch=steps * cfg.batch_size)
 
     epoch, opt = 0, None
     for stage, (res, epochs) in enumerate(stages):
         for stage_epoch in range(1, epochs + 1):
             epoch += 1
-            if epoch <= run.done:
-                continue                                   # finished before a resume
-            # early stopping (the notebooks' CE / CL cells): the rest of a stage whose
-            # validation accuracy has not improved for `patience` epochs is skipped
-            if cfg.patience and run.epochs_since_best(stage) >= cfg.patience:
+            # skip what a resumed run finished, and (patience > 0) a stage that stopped improving
+            if epoch <= run.done or (cfg.patience and run.epochs_since_best(stage) >= cfg.patience):
                 continue
             # a fresh AdamW at every stage start: each resolution begins with new moments
             new_stage = cfg.fresh_optimizer and stage_epoch == 1
             if opt is None or new_stage:
                 opt = make_optimizer(model, cfg)
                 if run.opt_state is not None and not new_stage:
-                    # resumed mid-stage, or one AdamW throughout
-                    opt.load_state_dict(run.opt_state)
+                    opt.load_state_dict(run.opt_state)  # resumed mid-stage, or one AdamW for all
             # one epoch of steps at `res`; nothing in this loop waits for the device
             model.train()
             loss_fn.train()
-            sums = torch.zeros(5, device=device)            # loss, ce, kd, sal, correct
-            run.begin_epoch(f"{cfg.name} {res}px ep {epoch}/{epochs_total}")
-            # "resize" crops 32 px and shrinks it to res; "crop" cuts res px out directly
-            crop = res if cfg.resize_mode == "crop" else 32
+            sums = torch.zeros(5, device=run.device)        # loss, ce, kd, sal, correct
+            run.begin_epoch(f"{cfg.name} {res}px ep {epoch}/{total_epochs}")
+            crop = res if cfg.resize_mode == "crop" else 32  # "crop": res px cut out directly
             for idx, offsets, flips in sampler.epoch(crop=crop, augment=cfg.augment != "none"):
                 # the student's view at res; the teacher's: the same, or 32 px of the same image
                 xs, xt = data_lib.make_views(d["train_x"][idx], offsets, flips, res,
@@ -910,49 +924,29 @@ def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = 
                 xs, target = data_lib.recipe_extras(xs, d["train_y"][idx], aug_gen=aug_gen,
                                                     erasing=cfg.erasing,
                                                     mix_gen=mix_gen if cfg.mixup else None)
-                # from the global step, so a resumed run continues the same schedule
-                lr = lr_at(cfg, run.step, total_steps, cfg.warmup_epochs * steps)
+                lr = lr_at(cfg, run.step, steps * total_epochs, cfg.warmup_epochs * steps)
                 run.before_step()
                 stats = train_step(step_model, loss_fn, opt, xs, target, labels=d["train_y"][idx],
                                    teacher_input=xs if xt is None else xt, lr=lr)
                 sums += stats
                 run.after_step(stats[0])                    # the NaN watch, on the device
-            # sync point: the NaN flag, read once per epoch; then validation at `res` and at 32 px
+            # sync point: the NaN flag, read once per epoch; then validation (more sync points)
             seconds = run.end_steps(f"stage {stage} ({res} px), epoch {epoch}")
-            val = evaluate(model, d["val_x"], d["val_y"], res)
-            val32 = val if res == 32 else evaluate(model, d["val_x"], d["val_y"], 32)
-            # the test set at chosen epochs (free baselines of a shorter run), at 32 px
-            tested = predict(model, d["test_x"], 32) if epoch in cfg.test_epochs else None
+            checked = validate(model, d, res, cfg, test=epoch in cfg.test_epochs)
             # stage end: rollout maps of a fixed handful of test images, for plots.py
             snap = (saliency_snapshot(model, teacher, d["test_x"][:8], res, cfg.teacher_res)
                     | dict(images=d["test_x"][:8], labels=d["test_y"][:8])
                     if stage_epoch == epochs else None)
-            # the reported head's 32-px val accuracy picks the best epoch
-            head = main_head(val, cfg.head)
-            run.end_epoch(model, opt, sums, seconds, snapshot=snap, select_val=val32[head],
-                          test_predictions=tested, stage=stage, res=res, epoch=epoch,
-                          stage_epoch=stage_epoch, lr=lr, val_acc=val[head], val_heads=val,
-                          val_acc_32=val32[head], val_heads_32=val32,
-                          test_heads_32=accuracy(tested, d["test_y"]) if tested else None)
+            run.end_epoch(model, opt, sums, seconds, snapshot=snap, stage=stage, res=res,
+                          epoch=epoch, stage_epoch=stage_epoch, lr=lr, **checked)
 
-    # test: the last weights, and the best validation epoch's (at 32 px), at every resolution
+    # test: the last weights, and the best validation epoch's, at every resolution
     run.begin_test()
-    final = predict_all(model, d["test_x"], cfg.resolutions, progress=True)
-    best = final
-    if run.best_epoch not in (None, run.done):             # run.done: the last trained epoch
-        best_model = build_model(**model_args(cfg)).to(device)
-        best_model.load_state_dict(run.best_state)
-        best = predict_all(best_model, d["test_x"], cfg.resolutions, progress=True)
-    heads = {w: by_resolution(p, d["test_y"]) for w, p in (("last", final), ("best", best))}
-    head = main_head(heads["last"], cfg.head)
-    chosen = heads[cfg.select]
-    return run.finish(model, dict(test_acc=chosen[head]["32"], test_head=head,
-                                  test_acc_by_res=chosen[head], heads=chosen, select=cfg.select,
-                                  heads_last=heads["last"], heads_best=heads["best"]),
-                      predictions=dict(last=final[32], best=best[32]), test_x=d["test_x"],
-                      labels=d["test_y"], params=count_params(model), epochs=epochs_total,
-                      stages=stages, teacher=teacher_info, train_images=len(d["train_x"]))
-
+    best = run.best_state if run.best_epoch not in (None, run.done) else None  # done: last epoch
+    test, predictions = test_all(model, best, d, cfg)
+    return run.finish(model, test, predictions=predictions, test_x=d["test_x"], labels=d["test_y"],
+                      params=count_params(model), epochs=total_epochs, stages=stages,
+                      teacher=teacher_info, train_images=len(d["train_x"]))
 
 # =============================================================================
 # 6. Evaluation: every head at every resolution
@@ -1023,3 +1017,32 @@ def evaluate_all(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  resolutions=RESOLUTIONS) -> dict[str, dict[str, float]]:
     """{head: {"12": acc, ..., "32": acc}} on every resolution; 32 px always included."""
     return by_resolution(predict_all(model, x, resolutions), y)
+
+
+def validate(model: nn.Module, d: dict, res: int, cfg: Config, test: bool = False) -> dict:
+    """An epoch's checks -> the log row's fields: validation at `res` and at 32 px (the
+    reported head's 32-px accuracy, select_val, picks the best epoch); with test=True also
+    the test set at 32 px (its predictions go to predictions.json)."""
+    val = evaluate(model, d["val_x"], d["val_y"], res)
+    val32 = val if res == 32 else evaluate(model, d["val_x"], d["val_y"], 32)
+    head = main_head(val, cfg.head)
+    tested = predict(model, d["test_x"], 32) if test else None
+    return dict(select_val=val32[head], test_predictions=tested, val_acc=val[head], val_heads=val,
+                val_acc_32=val32[head], val_heads_32=val32,
+                test_heads_32=accuracy(tested, d["test_y"]) if tested else None)
+
+
+def test_all(model: nn.Module, best_state: dict | None, d: dict, cfg: Config):
+    """The last weights (and the best validation epoch's, when they differ) on the test set at
+    every resolution -> (results.json's test fields, {which: 32-px predictions})."""
+    final = predict_all(model, d["test_x"], cfg.resolutions, progress=True)
+    best = final
+    if best_state is not None:
+        best_model = build_model(**model_args(cfg)).to(d["test_x"].device)
+        best_model.load_state_dict(best_state)
+        best = predict_all(best_model, d["test_x"], cfg.resolutions, progress=True)
+    heads = {w: by_resolution(p, d["test_y"]) for w, p in (("last", final), ("best", best))}
+    head, chosen = main_head(heads["last"], cfg.head), heads[cfg.select]
+    test = dict(test_acc=chosen[head]["32"], test_head=head, test_acc_by_res=chosen[head],
+                heads=chosen, select=cfg.select, heads_last=heads["last"], heads_best=heads["best"])
+    return test, dict(last=final[32], best=best[32])

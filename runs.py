@@ -223,7 +223,8 @@ def load_checkpoint(path: str) -> dict:
 # Config fields that may change between a run and its resumption: where and how fast it
 # runs, and what it reports, not what it computes. "out" is where the checkpoint was found,
 # however it is spelled (./runs, an absolute path, a moved directory).
-RESUMABLE_CHANGES = {"device", "resume", "data", "compile", "overwrite", "head", "select", "out"}
+RESUMABLE_CHANGES = {"device", "resume", "data", "compile", "overwrite", "head", "select", "out",
+                     "checkpoint"}
 
 
 def resume_state(cfg, run_dir: str, teacher_info: dict | None) -> dict | None:

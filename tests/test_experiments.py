@@ -200,3 +200,11 @@ def test_the_replays_say_what_they_replay():
         assert ((cfg.augment == "none") == (setup == "CE")
                 and (cfg.patience > 0) == ("KD" not in setup))
     assert experiments.EXPERIMENTS["orig_teacher_small_p4"].name == "teacher_small_p4_orig"
+
+
+def test_quick_mode_recomputes_heavy_students_only():
+    quick = {n: experiments.configs_for(n, {"quick": True})[0] for n in
+             ("exp1a", "saliency_p2", "kdonly", "orig_tiny_p2_kd_cl_sal")}
+    assert not quick["exp1a"].checkpoint                      # the reference stays as it was
+    assert quick["saliency_p2"].checkpoint and quick["kdonly"].checkpoint
+    assert not quick["orig_tiny_p2_kd_cl_sal"].checkpoint    # probe: second order, refused

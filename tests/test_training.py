@@ -438,3 +438,17 @@ def test_every_replay_runs(name, tmp_path, train_data):
 def test_results_report_peak_memory(curriculum_run):
     results, _ = curriculum_run
     assert results["peak_memory_mib"]["rss"] > 50        # a torch process: tens of MiB at least
+
+
+# Oracle: the same run without checkpointing. Recomputing every block in backward (with the
+# dropout draws replayed) must give the same weights, bit for bit, with rollout saliency too.
+def test_checkpointed_blocks_train_to_the_same_weights(tmp_path, train_data):
+    teacher = tiny_vit(patch_size=4)
+    runs_ = {}
+    for ckpt in (False, True):
+        cfg = small_cfg(tmp_path / str(ckpt), kd=True, sal=True, dropout=0.1, checkpoint=ckpt)
+        runs_[ckpt] = irkd.train(cfg, teacher=teacher, data=train_data)
+    assert runs_[True]["heads"] == runs_[False]["heads"]
+    a, b = (torch.load(tmp_path / str(c) / "t" / "model.pt", weights_only=True)["model"]
+            for c in (False, True))
+    assert all(torch.equal(a[k], b[k]) for k in a)
