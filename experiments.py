@@ -289,22 +289,55 @@ def mean_std(values: list[float]) -> str:
 
 
 def report(out: str = "runs") -> str:
-    """The paper's Table 1 beside ours: mean ± std over seeds, every resolution, cost, hardware."""
+    """The paper's Table 1 beside ours: mean ± std over seeds, every resolution, cost, hardware.
+
+    A cell outside EXPERIMENTS (the quick teacher teacher_quick_pN, a run made with
+    --name=NAME) gets its setup and student from its own config.json, beside results.json.
+    """
     groups = collect(out)
     res = [str(r) for r in irkd.RESOLUTIONS]
     head = ["cell", "setup", "student", "paper", "ours (32 px)", *[f"{r} px" for r in res],
             "seeds", "train / test imgs", "wall s", "device"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     order = list(EXPERIMENTS)
+
+    def run_config(key: str, rs: list[dict]) -> dict:
+        """The config.json of the first of a cell's runs that has one (collect's keying)."""
+        parents = [os.path.join(out, "quick"), out]       # collect() reads both
+        if not key.endswith("(quick)"):
+            parents.reverse()
+        names = [key.split(" ")[0]] + [r["name"] for r in rs if "name" in r]
+        for path in [os.path.join(p, n, "config.json") for n in names for p in parents]:
+            if os.path.exists(path):
+                try:
+                    with open(path) as f:
+                        return json.load(f)
+                except (OSError, json.JSONDecodeError):
+                    continue
+        return {}
+
     for key in sorted(groups, key=lambda k: (k.endswith("(quick)"), order.index(k.split(" ")[0])
                                              if k.split(" ")[0] in order else len(order), k)):
         rs, base = groups[key], key.split(" ")[0]
         cfg = EXPERIMENTS.get(base)
         paper = PAPER.get(base)
+        setup = SETUP.get(base)
+        student = f"{cfg.model} p{cfg.patch_size}" if cfg else None
+        if setup is None or student is None:
+            own = run_config(key, rs)
+            if setup is None:
+                flags = [f for f, k in (("KD", "kd"), ("CL", "cl"), ("Sal", "sal")) if own.get(k)]
+                if base.startswith("teacher_"):
+                    setup = "teacher"
+                else:
+                    setup = ("+".join(flags) or "CE") if own else "?"
+            if student is None:
+                student = (f"{own['model']} p{own['patch_size']}"
+                           if "model" in own and "patch_size" in own else "?")
         by_res = [mean_std([r["test_acc_by_res"][x] for r in rs if x in r["test_acc_by_res"]])
                   for x in res]
         lines.append("| " + " | ".join([
-            key, SETUP.get(base, "?"), f"{cfg.model} p{cfg.patch_size}" if cfg else "?",
+            key, setup, student,
             f"{paper:.2f}" if paper else "–", mean_std([r["test_acc"] for r in rs]), *by_res,
             ",".join(str(r["seed"]) for r in rs),
             f"{rs[0]['train_images']} / {rs[0]['test_images']}",

@@ -14,6 +14,9 @@ and across all of them (runs that have results.json only):
     resolution.png      test accuracy at every input resolution 12..32          (plot_resolution)
     table.png           paper Table 1 vs this code, one bar pair per cell       (plot_table)
 
+Runs that share a name (one experiment from two checkouts) are told apart by the nearest
+parent folder that differs: curves_exp1b_base.png, "exp1b [base]" in legends and labels.
+
 --out defaults to a `figures/` folder beside the first run directory
 (runs/quick/exp1b -> runs/quick/figures/), so figures stay with the runs they
 show and, like runs/, out of git. A run that is still training (log.jsonl but no
@@ -36,9 +39,10 @@ import matplotlib
 import torch
 import torch.nn.functional as F
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 
 import experiments
 import data as data_lib
@@ -183,6 +187,27 @@ def is_quick(run: dict) -> bool:
     return bool((run["results"] or {}).get("quick", run["config"].get("quick", False)))
 
 
+def is_teacher(run: dict) -> bool:
+    return run["name"].startswith("teacher_") or setup_label(run).startswith("teacher")
+
+
+def run_labels(runs: list[dict]) -> list[str]:
+    """Each run's name; runs that share a name (one experiment from two checkouts) also get
+    the nearest parent folder that tells them apart: "teacher_quick_p4 [base]"."""
+    def parents(run):   # nearest first
+        return os.path.abspath(run["dir"]).split(os.sep)[:-1][::-1]
+    labels = []
+    for run in runs:
+        twins = [parents(r) for r in runs if r["name"] == run["name"]]
+        label, mine = run["name"], parents(run)
+        for depth in range(len(mine)):
+            if len({tuple(p[depth:depth + 1]) for p in twins}) > 1:
+                label += f" [{mine[depth]}]"
+                break
+        labels.append(label)
+    return labels
+
+
 # =============================================================================
 # Figure 1: training curves
 # =============================================================================
@@ -272,27 +297,45 @@ def plot_curves(run_dir: str, out_path: str) -> str:
 # Figure 2: accuracy at every test resolution
 # =============================================================================
 
+# Students: ten colours with seven markers (no two runs of the first 70 look alike);
+# teachers: greys, dashed, with markers of their own, so the teachers differ from each other.
+STUDENT_MARKERS = "osDvP<X"
+TEACHER_STYLES = [dict(color="0.1", ls="--", marker="^"), dict(color="0.45", ls="-.", marker="v"),
+                  dict(color="0.65", ls=":", marker=">"), dict(color="0.3", ls=(0, (6, 2, 1, 2)),
+                                                                marker="<")]
+
+
 def plot_resolution(run_dirs: list[str], out_path: str) -> str:
-    """Test accuracy of each run's reported head at 12..32 px; teachers dashed.
+    """Test accuracy of each run's reported head at 12..32 px; teachers grey and dashed.
 
     This is the method's point: the curriculum should keep a student accurate on
     inputs below 32 px, where a model trained at 32 px only is expected to fall off.
+    Every line has its own colour / grey, marker and (teachers) dash; with more than six
+    runs the figure grows, and the legend is outside the axes, right.
     """
     runs = [r for r in map(load_run, run_dirs) if r["results"] is not None]
     if not runs:
         raise RunError("no run has a results.json yet: nothing to plot accuracy vs resolution from")
-    fig = Figure(figsize=(8, 4), dpi=DPI)
+    many = len(runs) > 6
+    fig = Figure(figsize=(10, 5.2) if many else (8, 4), dpi=DPI)
     ax = fig.subplots()
-    students = 0
-    for run in runs:
+    students = teachers = 0
+    drawn = {}   # values -> label: a line drawn exactly over an earlier one says so
+    for run, label in zip(runs, run_labels(runs)):
         res = run["results"]
         by_res = sorted((int(k), v) for k, v in res["test_acc_by_res"].items())
-        teacher = run["name"].startswith("teacher_")
-        style = (dict(color="0.3", ls="--", marker="^") if teacher
-                 else dict(color=f"C{students % 10}", marker="o"))
-        students += not teacher
-        ax.plot(*zip(*by_res), ms=4, label=f"{run['name']} ({res.get('test_head', 'cls')} head)",
-                **style)
+        head = f"{label} ({res.get('test_head', 'cls')} head)"
+        if tuple(by_res) in drawn:
+            head += f"\n  same values as {drawn[tuple(by_res)]}, drawn over it"
+        drawn.setdefault(tuple(by_res), label)
+        if is_teacher(run):
+            style = dict(TEACHER_STYLES[teachers % len(TEACHER_STYLES)], zorder=2)
+            teachers += 1
+        else:
+            style = dict(color=f"C{students % 10}",
+                         marker=STUDENT_MARKERS[students % len(STUDENT_MARKERS)], zorder=3)
+            students += 1
+        ax.plot(*zip(*by_res), ms=6, lw=1.4, label=head, **style)
     ax.set_xticks(irkd.RESOLUTIONS)
     ax.set_xlabel("test image resolution (px; 32 = native CIFAR-10)")
     ax.set_ylabel("top-1 test accuracy (%)")
@@ -304,7 +347,8 @@ def plot_resolution(run_dirs: list[str], out_path: str) -> str:
         title += f" (quick mode{f', {n} test images' if n else ''})"
     ax.set_title(title, fontsize=10)
     # Outside the axes, right: the lines can cross anywhere.
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
+              ncols=2 if len(runs) > 16 else 1, handlelength=3)
     fig.savefig(out_path, dpi=DPI, bbox_inches="tight")
     return out_path
 
@@ -361,10 +405,35 @@ def upsample_map(m: torch.Tensor) -> torch.Tensor:
     return F.interpolate(m[None, None], size=(32, 32), mode="bilinear", align_corners=False)[0, 0]
 
 
-def plot_saliency(run_dir: str, out_path: str, n_images: int = 3) -> str:
-    """Rows: fixed test images. Per curriculum stage: the input the student saw at that
-    resolution, the teacher's rollout map and the student's (KD runs), overlaid on the
-    32-px image. One colour scale per row, shared by all its stages and both models."""
+# One colour scale for every saliency map of every run: log-spaced from half to twice an
+# average patch, so 1 (the mean) is the middle colour and a flat map looks flat.
+SALIENCY_RANGE = (0.5, 2.0)
+SALIENCY_TICKS = [0.5, 0.7, 1.0, 1.4, 2.0]
+
+
+def text_size(fig: Figure, text: str, fontsize: float) -> tuple[float, float]:
+    """(width, height) in pixels of `text` drawn at `fontsize` on `fig` (which has a canvas)."""
+    t = fig.text(0, 0, text, fontsize=fontsize)
+    box = t.get_window_extent(fig.canvas.get_renderer())
+    t.remove()
+    return box.width, box.height
+
+
+def map_headings(run: dict, stages: list[dict]) -> tuple[list[str], list[str]]:
+    """(keys in the snapshot, column headings) of the maps drawn per stage.
+
+    A distillation run has the teacher's and the student's maps. A run without a teacher
+    stores its own map under "student"; that is a student only in a CE / CL student run.
+    A teacher's own run is headed "model": it is the model, there is no student.
+    """
+    if any("teacher" in s for s in stages):
+        return ["teacher", "student"], ["teacher", "student"]
+    teacher_run = run["name"].startswith("teacher_") or setup_label(run).startswith("teacher")
+    return ["student"], ["model" if teacher_run else "student"]
+
+
+def saliency_figure(run_dir: str, n_images: int = 3) -> Figure:
+    """The figure plot_saliency saves; see there."""
     run = load_run(run_dir)
     snap = run["saliency"]
     if snap is None:
@@ -372,28 +441,45 @@ def plot_saliency(run_dir: str, out_path: str, n_images: int = 3) -> str:
                        f"`{make_command(run['dir'], run['config'].get('quick'))}`")
     images, labels, stages = snap["images"], snap["labels"], snap["stages"]
     n = min(n_images, len(images))
-    who = ["teacher", "student"] if any("teacher" in s for s in stages) else ["student"]
+    who, headings = map_headings(run, stages)
     cols = 1 + len(who)   # the input, then one overlay per model
 
-    # The upsampled maps first: the colour scale of a row is the range over all its maps.
+    # The upsampled maps, and each row's actual range (of the maps themselves, / their mean).
     maps = [[{w: upsample_map(s[w][i]) for w in who if w in s} for s in stages] for i in range(n)]
-    ranges = [(min(float(m.min()) for st in row for m in st.values()),
-               max(float(m.max()) for st in row for m in st.values())) for row in maps]
+    rel = [[s[w][i].float() / s[w][i].float().mean().clamp_min(1e-12) for s in stages
+            for w in who if w in s] for i in range(n)]
+    ranges = [(min(float(m.min()) for m in row), max(float(m.max()) for m in row))
+              for row in rel]
 
-    # The layout in pixels, so that every 32-px picture is drawn at exactly 2x: crisp
-    # blocks, and a PNG that compresses well (the figure stays under 200 KB).
+    # The layout in pixels, so that every 32-px picture is drawn at exactly 3x: crisp
+    # blocks, and a PNG that compresses well (the figure stays under 200 KB). From the
+    # top: the title (measured once wrapped), the stage resolutions, the column headings,
+    # the rows of pictures; the colour bar right of all rows.
     cell, gap, block_gap, row_gap = 96, 2, 12, 4
-    left, bottom, bar_w, right = 28, 6, 12, 44
+    left, bottom, bar_gap, bar_w, right = 40, 8, 10, 12, 62
     block_w = cols * cell + (cols - 1) * gap
-    width = left + len(stages) * (block_w + block_gap) + bar_w + right
+    grid_w = len(stages) * block_w + (len(stages) - 1) * block_gap
+    width = left + grid_w + bar_gap + bar_w + right
+    fig = Figure(figsize=(width / DPI, 4), dpi=DPI)
+    FigureCanvasAgg(fig)   # a renderer to measure text with; no pyplot backend involved
+
     title = (f"{run['name']} ({setup_label(run)}{', quick mode' if is_quick(run) else ''}): "
-             f"attention rollout of the cls token at the end of each curriculum stage; "
-             f"colour = saliency / map mean "
-             f"(1 = an average patch), one scale per row")
-    title = textwrap.fill(title, width=max(30, width // 8))   # ~7 px per character at 9 pt
-    top = 34 + 13 * title.count("\n") + 14      # the title, then two lines of column titles
+             f"attention rollout of the cls token at the end of each curriculum stage. "
+             f"Colour = saliency / map mean (1 = an average patch) on one fixed log scale "
+             f"for all maps; under each class, the row's actual min–max")
+    chars = max(20, width // 6)
+    while True:   # wrap until the widest line fits, measured, not guessed
+        wrapped = textwrap.fill(title, width=chars)
+        title_w, title_h = text_size(fig, wrapped, 9)
+        if title_w <= width - 8 or chars <= 20:
+            break
+        chars -= 3
+    line_h = text_size(fig, "Xpy", 8)[1]
+    title_top, title_gap, head_gap = 4, 8, 3
+    heads_top = title_top + title_h + title_gap      # the stage resolutions' line
+    top = round(heads_top + 2 * line_h + 2 + head_gap)
     height = top + n * cell + (n - 1) * row_gap + bottom
-    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    fig.set_size_inches(width / DPI, height / DPI)
 
     def axes_at(x: int, y: int, w: int, h: int):
         """An axes at pixel box (x, y from the top-left, w, h), without ticks."""
@@ -402,6 +488,12 @@ def plot_saliency(run_dir: str, out_path: str, n_images: int = 3) -> str:
         ax.set_yticks([])
         return ax
 
+    def text_at(x: float, y: float, s: str, **kw):
+        """Text with its top at pixel (x, y from the top-left)."""
+        return fig.text(x / width, 1 - y / height, s, va="top", **kw)
+
+    text_at(width / 2, title_top, wrapped, ha="center", fontsize=9)
+    norm = LogNorm(*SALIENCY_RANGE, clip=False)
     # Maps go over a grey copy of the image: the colour then means saliency only (and the
     # PNG stays small, a colour photo under each map would double its size).
     grey = (images.float() / 255
@@ -412,6 +504,11 @@ def plot_saliency(run_dir: str, out_path: str, n_images: int = 3) -> str:
         seen = (data_lib.resize(images[:n].float() / 255, res).clamp(0, 1)
                 .permute(0, 2, 3, 1).numpy())                                   # (n, res, res, 3)
         x0 = left + j * (block_w + block_gap)
+        text_at(x0 + block_w / 2, heads_top, f"{res} px", ha="center", fontsize=8,
+                fontweight="bold")
+        for c, t in enumerate(["input"] + headings):
+            text_at(x0 + c * (cell + gap) + cell / 2, heads_top + line_h + 2, t, ha="center",
+                    fontsize=8)
         for i in range(n):
             y = top + i * (cell + row_gap)
             axes = [axes_at(x0 + c * (cell + gap), y, cell, cell) for c in range(cols)]
@@ -419,20 +516,40 @@ def plot_saliency(run_dir: str, out_path: str, n_images: int = 3) -> str:
             for ax, w in zip(axes[1:], who):
                 ax.imshow(grey[i], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
                 if w in maps[i][j]:
-                    ax.imshow(maps[i][j][w].numpy(), cmap="jet", alpha=0.5, vmin=ranges[i][0],
-                              vmax=ranges[i][1], interpolation="nearest")
+                    ax.imshow(maps[i][j][w].clamp_min(1e-6).numpy(), cmap="jet", alpha=0.5,
+                              norm=norm, interpolation="nearest")
                 else:
                     ax.text(16, 16, "no map", ha="center", va="center", fontsize=7, color="white")
-            if i == 0:
-                for ax, t in zip(axes, ["input"] + who):
-                    ax.set_title(f"{res} px\n{t}" if t == "input" else t, fontsize=8, pad=3)
             if j == 0:
-                axes[0].set_ylabel(CLASSES[int(labels[i])], fontsize=9, labelpad=3)
-            if j == len(stages) - 1:   # the row's colour scale, right of its last stage
-                bar = fig.colorbar(ScalarMappable(Normalize(*ranges[i]), cmap="jet"),
-                                   cax=axes_at(x0 + block_w + block_gap, y, bar_w, cell))
-                bar.ax.tick_params(labelsize=7)
-    fig.suptitle(title, fontsize=9, y=1 - 4 / height, va="top")
+                lo, hi = ranges[i]
+                axes[0].set_ylabel(f"{CLASSES[int(labels[i])]}\n{lo:.2f}–{hi:.2f}", fontsize=8,
+                                   labelpad=3)
+    # One colour bar for all rows: the scale is the same everywhere.
+    rows_h = n * cell + (n - 1) * row_gap
+    bar = fig.colorbar(ScalarMappable(norm, cmap="jet"), extend="both",
+                       cax=axes_at(left + grid_w + bar_gap, top, bar_w, rows_h))
+    bar.set_ticks(SALIENCY_TICKS, labels=[f"{v:g}" for v in SALIENCY_TICKS])
+    bar.ax.yaxis.set_minor_locator(NullLocator())
+    bar.ax.tick_params(labelsize=7)
+    bar.set_label("saliency / map mean", fontsize=8)
+    return fig
+
+
+def plot_saliency(run_dir: str, out_path: str, n_images: int = 3) -> str:
+    """Rows: fixed test images. Per curriculum stage: the input the student saw at that
+    resolution, the teacher's rollout map and the student's (KD runs; a run without a
+    teacher has one map, headed "model" for a teacher's own run), overlaid on the 32-px image.
+
+    Colour scale: one fixed scale for every map of every run and stage, log-spaced from
+    0.5 to 2 times the map's mean (1, an average patch, is the middle colour; values outside
+    are clipped, the colour bar's end arrows). Stretching each row to its own min..max would
+    paint a map that varies by +-2 % in the full range of colours, as strongly as one that
+    varies by a factor of 3; on a fixed scale a flat map looks flat, and maps of different
+    runs and stages can be compared by colour. What the fixed scale hides (the range of a
+    nearly flat map) is printed under each row's class: the actual min..max of the row's maps
+    (before upsampling, in units of each map's mean).
+    """
+    fig = saliency_figure(run_dir, n_images)
     fig.savefig(out_path, dpi=DPI, pil_kwargs=dict(optimize=True))
     return out_path
 
@@ -455,14 +572,20 @@ def span(results: list[dict], key: str) -> str:
 
 
 def plot_table(run_dirs: list[str], out_path: str) -> str:
-    """Grouped bars, paper vs ours, for each run that is a cell of Table 1 (in table order)."""
+    """Grouped bars, paper vs ours, for each run that is a cell of Table 1 (in table order).
+
+    Under each pair: the run (with its folder when two runs share a name), its setup and,
+    for a stand-in, the paper's cell on lines of their own; the figure is as wide as the
+    widest label line needs, so labels of neighbouring pairs never run into each other.
+    """
     runs = [r for r in map(load_run, run_dirs) if r["results"] is not None and paper_key(r["name"])]
     if not runs:
         raise RunError("no run with a results.json is a cell of the paper's table "
                        "(`python experiments.py list`)")
     order = list(experiments.PAPER)
     runs.sort(key=lambda r: order.index(paper_key(r["name"])))
-    fig = Figure(figsize=(max(5.5, 1.3 * len(runs) + 2), 4.2), dpi=DPI)
+    fig = Figure(figsize=(5.5, 4.2), dpi=DPI)
+    FigureCanvasAgg(fig)   # a renderer, to measure the labels with
     ax = fig.subplots()
     x = torch.arange(len(runs)).float().numpy()
     w = 0.38
@@ -477,11 +600,11 @@ def plot_table(run_dirs: list[str], out_path: str) -> str:
     for bars in (b1, b2):
         ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
     labels = []
-    for r in runs:
+    for r, name in zip(runs, run_labels(runs)):
         key = paper_key(r["name"])
-        label = f"{r['name']}\n{setup_label(r)}"
+        label = name.replace(" [", "\n[") + f"\n{setup_label(r)}"   # the folder on a line
         if key != r["name"]:
-            label += f"\n(paper: {key})"
+            label += f"\npaper cell:\n{key}"
         labels.append(label)
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylim(0, 100)   # bars start at zero; a cut axis would exaggerate the gaps
@@ -496,6 +619,10 @@ def plot_table(run_dirs: list[str], out_path: str) -> str:
                   f"{span(res, 'test_images')} test images, "
                   f"{span(res, 'epochs')} epochs, not the paper's protocol")
     ax.set_title(title, fontsize=9)
+    # Wide enough that neighbouring labels keep a gap: each bar pair gets its widest label
+    # line (measured) plus 24 px, the axes' margins 110 px.
+    label_w = max(text_size(fig, line, 8)[0] for lab in labels for line in lab.split("\n"))
+    fig.set_size_inches(max(5.5, (len(runs) * (label_w + 24) + 110) / DPI), 4.2)
     fig.tight_layout()
     fig.savefig(out_path, dpi=DPI)
     return out_path
@@ -559,10 +686,14 @@ def main(argv: list[str]) -> int:
 
 def draw_all(runs: list[dict], out: str) -> None:
     """Every figure the runs have the files for, into `out`; notes for what is skipped."""
-    for run in runs:
+    # Runs that share a name (one experiment from two checkouts) get their folder in the file
+    # name, curves_exp1b_base.png, rather than overwriting each other's figures.
+    for run, label in zip(runs, run_labels(runs)):
         for note in run["notes"]:
             print(f"note: {note}")
         name = os.path.basename(run["dir"])
+        if " [" in label:
+            name += "_" + label[label.index(" [") + 2:-1]
         print("wrote", plot_curves(run["dir"], os.path.join(out, f"curves_{name}.png")))
         if run["saliency"] is not None:
             print("wrote", plot_saliency(run["dir"], os.path.join(out, f"saliency_{name}.png")))

@@ -4,7 +4,9 @@ code 2, never a traceback.
 
 Oracles: the PNG signature and a size between 1 KB and 200 KB for every figure; the exact set
 of file names main() writes; the exact error line (no "Traceback", one line, the command that
-would make the missing run); make_command's expected command line for each run directory.
+would make the missing run); make_command's expected command line for each run directory;
+the saliency figure's texts (headings by hand, and their drawn boxes never overlapping); the
+report row of a quick teacher, written out by hand.
 """
 import json
 import os
@@ -12,6 +14,7 @@ import os
 import pytest
 import torch
 
+import experiments
 import plots
 
 STAGES = [(12, 3), (20, 5), (32, 8)]   # (resolution, grid of a patch-4 model)
@@ -40,14 +43,14 @@ def write_results(d, name, heads):
     write_json(d / "results.json", dict(
         name=name, test_acc=by_res["32"], test_head=heads[-1], test_acc_by_res=by_res,
         heads={h: by_res for h in heads}, params=547732, wall_s=40.0, device="cpu", quick=True,
-        epochs=6, train_images=3968, test_images=2000))
+        epochs=6, train_images=3968, test_images=2000, seed=0))
 
 
-def write_saliency(d, kd, teacher_grid):
+def write_saliency(d, kd, teacher_grid, stages_=STAGES):
     """saliency.pt: 8 images, a student map per stage (and a teacher map with kd)."""
     g = torch.Generator().manual_seed(0)
     stages = []
-    for i, (res, grid) in enumerate(STAGES):
+    for i, (res, grid) in enumerate(stages_):
         snap = dict(stage=i, res=res, student=torch.rand(8, grid, grid, generator=g))
         if kd:
             tg = teacher_grid or grid
@@ -58,8 +61,9 @@ def write_saliency(d, kd, teacher_grid):
 
 
 def make_run(root, name="exp1b", *, results=True, saliency=True, teacher_grid=None, kd=True,
-             sal=True):
-    """A run directory as irkd.train writes it: 6 epochs over 3 curriculum stages."""
+             sal=True, stages=STAGES):
+    """A run directory as irkd.train writes it: 6 epochs over 3 curriculum stages (the saliency
+    snapshot has `stages`: a teacher trained at 32 px only has one)."""
     d = root / name
     d.mkdir(parents=True)
     write_json(d / "config.json", dict(name=name, model="custom", patch_size=4, kd=kd, cl=True,
@@ -69,7 +73,7 @@ def make_run(root, name="exp1b", *, results=True, saliency=True, teacher_grid=No
     if results:
         write_results(d, name, heads)
     if saliency:
-        write_saliency(d, kd, teacher_grid)
+        write_saliency(d, kd, teacher_grid, stages)
     return d
 
 
@@ -99,6 +103,87 @@ def test_saliency_without_teacher_and_with_a_finer_teacher_grid(tmp_path):
     full = make_run(tmp_path, "exp1a", teacher_grid=8)
     assert_png(plots.plot_saliency(str(ce), str(tmp_path / "ce.png")))
     assert_png(plots.plot_saliency(str(full), str(tmp_path / "full.png"), n_images=2))
+
+
+def texts_of(fig):
+    return [t.get_text() for t in fig.texts]
+
+
+def test_teacher_saliency_is_headed_model(tmp_path):
+    # A teacher's own run has no teacher maps and no student: its one map is the model's.
+    teacher = make_run(tmp_path, "teacher_quick_p4", kd=False, sal=False, stages=[(32, 8)])
+    texts = texts_of(plots.saliency_figure(str(teacher)))
+    assert texts[1:] == ["32 px", "input", "model"]                # after the title
+    assert "student" not in texts
+    # A distillation run keeps both headings; a CE student run stays "student".
+    assert texts_of(plots.saliency_figure(str(make_run(tmp_path, "exp1b"))))[1:5] == [
+        "12 px", "input", "teacher", "student"]
+    ce = make_run(tmp_path, "custom_p4_cl", kd=False, sal=False)
+    assert texts_of(plots.saliency_figure(str(ce)))[1:4] == ["12 px", "input", "student"]
+
+
+@pytest.mark.parametrize("stages, kd", [([(32, 8)], False), ([(32, 8)], True), (STAGES, True),
+                                        (STAGES * 2, True)])
+def test_saliency_title_and_headings_never_overlap(tmp_path, stages, kd):
+    # The drawn boxes of the title, the stage and column headings, the row labels and the
+    # pictures: no two overlap, from one stage with one map (the narrowest figure) up.
+    run = make_run(tmp_path, "teacher_quick_p4" if not kd else "exp1b", kd=kd, sal=kd,
+                   stages=stages)
+    fig = plots.saliency_figure(str(run))
+    renderer = fig.canvas.get_renderer()
+    fig.canvas.draw()
+    boxes = [t.get_window_extent(renderer) for t in fig.texts]
+    boxes += [ax.get_window_extent(renderer) for ax in fig.axes]
+    boxes += [ax.yaxis.label.get_window_extent(renderer) for ax in fig.axes
+              if ax.get_ylabel()]
+    title = boxes[0]
+    width, height = fig.bbox.width, fig.bbox.height
+    assert title.x0 >= 0 and title.x1 <= width and title.y1 <= height   # inside the figure
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            overlap_w = min(a.x1, b.x1) - max(a.x0, b.x0)
+            overlap_h = min(a.y1, b.y1) - max(a.y0, b.y0)
+            assert overlap_w <= 0.5 or overlap_h <= 0.5, (a, b)
+
+
+def test_saliency_scale_is_fixed_and_rows_show_their_range(tmp_path):
+    # A map that varies by +-2 % is drawn on the fixed 0.5..2 scale, not stretched to it;
+    # its actual range is in the row label.
+    run = make_run(tmp_path, "teacher_quick_p4", kd=False, sal=False, stages=[(32, 8)])
+    snap = torch.load(run / "saliency.pt", weights_only=False)
+    flat = torch.ones(8, 8, 8)
+    flat[:, 0, 0], flat[:, 7, 7] = 0.98, 1.02
+    snap["stages"][0]["student"] = flat * 0.015
+    torch.save(snap, run / "saliency.pt")
+    fig = plots.saliency_figure(str(run))
+    overlays = [im for ax in fig.axes for im in ax.images if im.get_cmap().name == "jet"]
+    assert overlays and all((im.norm.vmin, im.norm.vmax) == (0.5, 2.0) for im in overlays)
+    labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    assert labels == ["airplane\n0.98–1.02", "automobile\n0.98–1.02", "bird\n0.98–1.02",
+                      "saliency / map mean"]                 # the rows, then the colour bar
+
+
+def test_runs_sharing_a_name_are_told_apart(tmp_path, capsys):
+    a = make_run(tmp_path / "base" / "runs" / "quick", "teacher_quick_p4", kd=False, sal=False)
+    b = make_run(tmp_path / "new" / "runs" / "quick", "teacher_quick_p4", kd=False, sal=False)
+    runs = [plots.load_run(str(a)), plots.load_run(str(b))]
+    assert plots.run_labels(runs) == ["teacher_quick_p4 [base]", "teacher_quick_p4 [new]"]
+    out = tmp_path / "figs"
+    assert plots.main([str(a), str(b), "--out", str(out)]) == 0
+    assert sorted(os.listdir(out)) == [
+        "curves_teacher_quick_p4_base.png", "curves_teacher_quick_p4_new.png", "resolution.png",
+        "saliency_teacher_quick_p4_base.png", "saliency_teacher_quick_p4_new.png", "table.png"]
+
+
+def test_report_reads_a_quick_teachers_setup_from_its_config(tmp_path):
+    # teacher_quick_p4 is no EXPERIMENTS cell: setup and student come from its config.json.
+    make_run(tmp_path / "quick", "teacher_quick_p4", kd=False, sal=False, saliency=False)
+    make_run(tmp_path, "my_own_name", kd=True, sal=False, saliency=False)   # --name=my_own_name
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")
+            for line in experiments.report(str(tmp_path)).splitlines()[2:]}
+    assert rows["teacher_quick_p4 (quick)"][1:3] == ["teacher", "custom p4"]
+    assert rows["my_own_name (quick)"][1:3] == ["KD+CL", "custom p4"]
+    assert not any("?" in cell for row in rows.values() for cell in row)
 
 
 def test_main_writes_all_figures(tmp_path, capsys):
