@@ -37,6 +37,14 @@ BASE = irkd.Config()
 # loss, CL = the 12 -> 32 px curriculum, Sal = the saliency loss.
 TABLE = [
     # name                 student  patch  setup        paper
+    # the custom column as the paper and its notebooks ran it: patch 2
+    ("custom_p2_ce",       "custom", 2,    "CE",        66.85),
+    ("custom_p2_cl",       "custom", 2,    "CL",        74.89),
+    ("custom_p2_kd",       "custom", 2,    "KD",        76.70),
+    ("custom_p2_kd_cl",    "custom", 2,    "KD+CL",     77.12),
+    ("custom_p2_kd_cl_sal", "custom", 2,   "KD+CL+Sal", 78.72),
+    # the same column at patch 4, as the seed README names exp1a / exp1b (the paper's
+    # patch-2 numbers stand beside them for orientation only)
     ("custom_p4_ce",       "custom", 4,    "CE",        66.85),
     ("custom_p4_cl",       "custom", 4,    "CL",        74.89),
     ("custom_p4_kd",       "custom", 4,    "KD",        76.70),
@@ -97,20 +105,21 @@ SETUP[_cpu_teacher.name] = "teacher"
 # in the CL and KD arms, the notebooks' loss form (1 - alpha) CE + alpha KD + gamma Sal.
 ORIGINAL = dict(head="cls", resize_mode="crop")
 EARLY_STOP = dict(patience=3, select="best")  # CE and CL cells: patience 3 per stage, best weights
-REPLAY = {  # name: (Table 1 cell, student, patch, setup, what the notebook did beyond ORIGINAL)
+# name: (this project's cell, student, patch, setup, what the notebook did beyond ORIGINAL)
+REPLAY = {
     # P_2_OUR_STUDENT.ipynb (was Experiment_1a): no augmentation at all in CE (the shared-
     # transform bug); AdamW kept across stages in CL, re-created per stage in KD+CL. The teacher
     # was an ImageNet-pretrained DeiT-S (not reproducible offline): here a ViT-Small from scratch.
-    "orig_custom_p2_ce": ("custom_p4_ce", "custom", 2, "CE",
+    "orig_custom_p2_ce": ("custom_p2_ce", "custom", 2, "CE",
                           dict(augment="none", **EARLY_STOP)),
-    "orig_custom_p2_cl": ("custom_p4_cl", "custom", 2, "CL",
+    "orig_custom_p2_cl": ("custom_p2_cl", "custom", 2, "CL",
                           dict(fresh_optimizer=False, **EARLY_STOP)),
-    "orig_custom_p2_kd": ("custom_p4_kd", "custom", 2, "KD", {}),
-    "orig_custom_p2_kd_cl": ("exp1a", "custom", 2, "KD+CL", {}),
+    "orig_custom_p2_kd": ("custom_p2_kd", "custom", 2, "KD", {}),
+    "orig_custom_p2_kd_cl": ("custom_p2_kd_cl", "custom", 2, "KD+CL", {}),
     # P_2_OUR_STUDENT_SAL_MAP.ipynb (was Experiment_1b): the linear-probe gradient saliency at
     # layers [0, 2, 3], AdamW kept; its 78.72 is a validation accuracy after 4 of 10 epochs at
     # 32 px of a run that crashed before its test.
-    "orig_custom_p2_kd_cl_sal": ("exp1b", "custom", 2, "KD+CL+Sal",
+    "orig_custom_p2_kd_cl_sal": ("custom_p2_kd_cl_sal", "custom", 2, "KD+CL+Sal",
                                  dict(saliency="probe", fresh_optimizer=False)),
     # P_2_KD_ONLY.ipynb: AutoAugment + random erasing; AutoAugment is not implemented here, so
     # TrivialAugment stands in for it (not the same policy). Dropout 0.1 in ViT-Tiny students.
@@ -288,6 +297,28 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
+def selected(r: dict) -> str:
+    """How a run's number was chosen: which weights (the best epoch's number) and which head."""
+    which = r.get("select", "last")
+    epoch = r.get("best_epoch") if which == "best" else r.get("epochs")
+    return f"{which}{f' (ep {epoch})' if epoch else ''}, {r.get('test_head', 'cls')}"
+
+
+def cell_report(out: str = "runs") -> str:
+    """Per Table 1 cell: the paper's number, the notebook replay's and this project's default
+    protocol's (mean ± std over seeds), each with how it was selected."""
+    groups = collect(out)
+    lines = ["| cell | paper | replay (orig_*) | selected | default protocol | selected |",
+             "|---|---:|---:|---|---:|---|"]
+    for name, (cell_name, *_rest) in REPLAY.items():
+        both = [groups.get(name), groups.get(cell_name)]
+        cols = [(mean_std([r["test_acc"] for r in g]), selected(g[0])) if g else ("–", "")
+                for g in both]
+        lines.append(f"| {cell_name} | {PAPER[cell_name]:.2f} | {cols[0][0]} | {cols[0][1]} | "
+                     f"{cols[1][0]} | {cols[1][1]} |")
+    return "\n".join(lines)
+
+
 def report(out: str = "runs") -> str:
     """The paper's Table 1 beside ours: mean ± std over seeds, every resolution, cost, hardware.
 
@@ -296,7 +327,8 @@ def report(out: str = "runs") -> str:
     """
     groups = collect(out)
     res = [str(r) for r in irkd.RESOLUTIONS]
-    head = ["cell", "setup", "student", "paper", "ours (32 px)", *[f"{r} px" for r in res],
+    head = ["cell", "setup", "student", "paper", "ours (32 px)", "selected",
+            *[f"{r} px" for r in res],
             "seeds", "train / test imgs", "wall s", "device"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     order = list(EXPERIMENTS)
@@ -338,7 +370,8 @@ def report(out: str = "runs") -> str:
                   for x in res]
         lines.append("| " + " | ".join([
             key, setup, student,
-            f"{paper:.2f}" if paper else "–", mean_std([r["test_acc"] for r in rs]), *by_res,
+            f"{paper:.2f}" if paper else "–", mean_std([r["test_acc"] for r in rs]),
+            selected(rs[0]), *by_res,
             ",".join(str(r["seed"]) for r in rs),
             f"{rs[0]['train_images']} / {rs[0]['test_images']}",
             f"{statistics.mean(r['wall_s'] for r in rs):.0f}", rs[0]["device"]]) + " |")
@@ -458,7 +491,8 @@ def main(argv: list[str]) -> int:
         return bench.main(rest)
     if name == "report":
         out = next((a.split("=", 1)[1] for a in rest if a.startswith("--out=")), "runs")
-        for folder, make in ((out, report), (STUDY["out"], study_report)):
+        for folder, make in ((out, lambda o: report(o) + "\n\n" + cell_report(o)),
+                             (STUDY["out"], study_report)):
             if os.path.isdir(folder):
                 table = make(folder)
                 print(f"{folder}:\n{table}\n")

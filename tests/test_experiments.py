@@ -57,7 +57,10 @@ def test_groups_match_the_design():
     group = [E[n] for n in experiments.GROUPS["small_p4_all"]]
     assert {(c.kd, c.cl, c.sal) for c in group} == SMALL_P4_ALL_SETUPS
     assert all(c.model == "tiny" and c.patch_size == 4 for c in group)
-    assert len(experiments.GROUPS["table"]) == 15             # 13 students + 2 teachers
+    # 13 students + 2 teachers, and the custom column again at the paper's patch 2
+    assert len(experiments.GROUPS["table"]) == 20
+    p2 = [E[n] for n in experiments.GROUPS["table"] if n.startswith("custom_p2_")]
+    assert len(p2) == 5 and all(c.patch_size == 2 and c.model == "custom" for c in p2)
     t = E["teacher_small_p4"]
     assert (t.model, t.patch_size, t.kd) == ("small", 4, False)
 
@@ -137,7 +140,8 @@ def test_report_mean_std_over_seeds_and_links(tmp_path):
     ce = rows["cpu_ce"].split(" | ")
     assert ce[3] == "66.85"                              # the paper's number for the CE cell
     assert ce[4] == "52.00 ± 2.83"                               # mean 52, std sqrt(8) = 2.83
-    assert ce[5] == "47.00 ± 2.83"                               # 12 px: 5 points lower in both
+    assert ce[5] == "last, cls"                                  # how the number was selected
+    assert ce[6] == "47.00 ± 2.83"                               # 12 px: 5 points lower in both
     assert ce[-2] == "101" and ce[-3] == "10000 / 10000"         # mean wall time; data sizes
 
 
