@@ -787,17 +787,21 @@ def load_model(path: str, device: torch.device | str = "cpu") -> tuple[ViT, dict
     """Rebuild a model saved by train() -> (model, checkpoint metadata)."""
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
-        model = build_model(**ckpt["model_args"])
-        model.load_state_dict(ckpt["model"])
     except FileNotFoundError:
         raise FileNotFoundError(f"no checkpoint at {path}; "
                                 "pass the model.pt of a trained run") from None
-    except Exception as e:
-        # the first line of torch's message, which is long
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
-        raise ValueError(f"{path} is not a model.pt written by this project ({type(e).__name__}: "
-                         f"{reason}); pass the model.pt of a trained teacher "
-                         "(runs/teacher_*/model.pt)") from e
+    except Exception as e:                       # torch's own text here is pages long
+        why = "not a torch checkpoint, or a truncated one"
+        raise ValueError(f"{path} is not a model.pt written by this project ({why}); pass the "
+                         "model.pt of a trained teacher (runs/teacher_*/model.pt)") from e
+    try:
+        model = build_model(**ckpt["model_args"])
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else "no model"
+        why = f"{type(e).__name__}: {first}"
+        raise ValueError(f"{path} is not a model.pt written by this project ({why}); pass the "
+                         "model.pt of a trained teacher (runs/teacher_*/model.pt)") from e
     return model.to(device), ckpt
 
 
