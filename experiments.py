@@ -311,9 +311,10 @@ def cell_report(out: str = "runs") -> str:
     lines = ["| cell | paper | replay (orig_*) | selected | default protocol | selected |",
              "|---|---:|---:|---|---:|---|"]
     for name, (cell_name, *_rest) in REPLAY.items():
-        both = [groups.get(name), groups.get(cell_name)]
-        cols = [(mean_std([r["test_acc"] for r in g]), selected(g[0])) if g else ("–", "")
-                for g in both]
+        # a full-protocol run where there is one, else the quick run (so marked)
+        both = [groups.get(n) or groups.get(f"{n} (quick)") for n in (name, cell_name)]
+        cols = [(mean_std([r["test_acc"] for r in g]) + (" (quick)" if g[0].get("quick") else ""),
+                 selected(g[0])) if g else ("–", "") for g in both]
         lines.append(f"| {cell_name} | {PAPER[cell_name]:.2f} | {cols[0][0]} | {cols[0][1]} | "
                      f"{cols[1][0]} | {cols[1][1]} |")
     return "\n".join(lines)

@@ -212,3 +212,15 @@ def test_quick_mode_recomputes_heavy_students_only():
     assert not quick["exp1a"].checkpoint                      # the reference stays as it was
     assert quick["saliency_p2"].checkpoint and quick["kdonly"].checkpoint
     assert not quick["orig_tiny_p2_kd_cl_sal"].checkpoint    # probe: second order, refused
+
+
+def test_cell_report_puts_paper_replay_and_default_side_by_side(tmp_path):
+    for name, acc, quick in (("orig_custom_p2_ce", 30.0, True), ("custom_p2_ce", 61.0, False)):
+        d = tmp_path / ("quick" if quick else "") / name
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps(dict(
+            name=name, seed=0, test_acc=acc, quick=quick, select="best", best_epoch=4,
+            epochs=6, test_head="cls")))
+    row = experiments.cell_report(str(tmp_path)).splitlines()[2]
+    assert row == ("| custom_p2_ce | 66.85 | 30.00 (quick) | best (ep 4), cls | 61.00 | "
+                   "best (ep 4), cls |")
