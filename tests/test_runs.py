@@ -351,3 +351,15 @@ def test_exclusive_lets_one_process_in_at_a_time(tmp_path):
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert most == [1, 1, 1]
+
+
+def test_nan_in_the_first_epoch_does_not_promise_a_checkpoint(tmp_path, train_data, monkeypatch):
+    real = irkd.IRKDLoss.forward
+
+    def poisoned(self, *a, **kw):
+        loss, parts = real(self, *a, **kw)
+        return loss * float("nan"), parts
+    monkeypatch.setattr(irkd.IRKDLoss, "forward", poisoned)
+    with pytest.raises(FloatingPointError, match="no epoch had finished, so no checkpoint"):
+        irkd.train(tiny_cfg(tmp_path), data=train_data)
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()

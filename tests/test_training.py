@@ -452,3 +452,14 @@ def test_checkpointed_blocks_train_to_the_same_weights(tmp_path, train_data):
     a, b = (torch.load(tmp_path / str(c) / "t" / "model.pt", weights_only=True)["model"]
             for c in (False, True))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# saliency.pt holds 8 images and small maps: not the test tensor the images were sliced from,
+# nor the (B, N, N) flow a map is a view of.
+def test_saliency_file_holds_only_its_own_images_and_maps(curriculum_run):
+    _, run_dir = curriculum_run
+    snap = torch.load(os.path.join(run_dir, "saliency.pt"), weights_only=False)
+    assert snap["images"].untyped_storage().nbytes() == 8 * 3 * 32 * 32
+    for stage in snap["stages"]:
+        assert stage["student"].untyped_storage().nbytes() == stage["student"].numel() * 4
+    assert os.path.getsize(os.path.join(run_dir, "saliency.pt")) < 64 * 1024
