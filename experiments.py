@@ -246,6 +246,11 @@ def seeded(cfg: irkd.Config, seed: int) -> irkd.Config:
     return dataclasses.replace(cfg, name=f"{base}-seed{seed}", seed=seed)
 
 
+def finished(cfg: irkd.Config) -> bool:
+    """True when runs/NAME/results.json exists and --overwrite=true was not given."""
+    return not cfg.overwrite and os.path.exists(os.path.join(cfg.out, cfg.name, "results.json"))
+
+
 def check_before_work(cfgs: list[irkd.Config], data: dict) -> None:
     """The checks that need the data, before any teacher or student trains: the data sizes
     and the run directories (a finished run is never overwritten)."""
@@ -524,6 +529,15 @@ def main(argv: list[str]) -> int:
         for c in cfgs:  # a bad config or device fails before the data is read
             c.check()
             runs.pick_device(c.device)
+        # a finished run is never trained again by accident (a fresh clone has its results.json
+        # but not its checkpoint): skipped, unless --overwrite=true asks for it by name
+        done = [c for c in cfgs if finished(c)]
+        for c in done:
+            print(f"{c.name}: finished ({os.path.join(c.out, c.name, 'results.json')}); skipped "
+                  f"(--overwrite=true runs it again)")
+        cfgs = [c for c in cfgs if c not in done]
+        if not cfgs:
+            return 0
         data = data_lib.load_cifar10(cfgs[0].data)
         check_before_work(cfgs, data)
     except (ValueError, OSError) as e:

@@ -180,12 +180,14 @@ def make_run_dir(out: str, name: str) -> str:
 
 
 def check_run_dir(cfg) -> None:
-    """Refuse to start over a finished run unless asked by name (--overwrite=true)."""
+    """Refuse to train a finished run again unless asked by name (--overwrite=true). A finished
+    run whose checkpoint is still there may be resumed: that only tests it again."""
     run_dir = os.path.join(cfg.out, cfg.name)
-    if (not cfg.resume and os.path.exists(os.path.join(run_dir, "results.json"))
-            and not cfg.overwrite):
-        raise ValueError(f"{run_dir} holds a finished run; --resume=false would overwrite it. Pass "
-                         f"--overwrite=true to replace it, or choose another --name or --out")
+    resumable = cfg.resume and os.path.exists(os.path.join(run_dir, "checkpoint.pt"))
+    finished = os.path.exists(os.path.join(run_dir, "results.json"))
+    if finished and not cfg.overwrite and not resumable:
+        raise ValueError(f"{run_dir} holds a finished run, which this would train again over. "
+                         f"Pass --overwrite=true to replace it, or choose another --name or --out")
 
 
 @contextlib.contextmanager

@@ -224,3 +224,11 @@ def test_cell_report_puts_paper_replay_and_default_side_by_side(tmp_path):
     row = experiments.cell_report(str(tmp_path)).splitlines()[2]
     assert row == ("| custom_p2_ce | 66.85 | 30.00 (quick) | best (ep 4), cls | 61.00 | "
                    "best (ep 4), cls |")
+
+
+def test_a_finished_run_is_skipped_not_trained_again(tmp_path, capsys):
+    done = tmp_path / "quick" / "exp1a"
+    done.mkdir(parents=True)
+    (done / "results.json").write_text("{}")                # a fresh clone: no checkpoint.pt
+    assert experiments.main(["exp1a", "--quick", f"--out={tmp_path}"]) == 0   # no data loaded
+    assert "exp1a: finished" in capsys.readouterr().out

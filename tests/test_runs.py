@@ -363,3 +363,10 @@ def test_nan_in_the_first_epoch_does_not_promise_a_checkpoint(tmp_path, train_da
     with pytest.raises(FloatingPointError, match="no epoch had finished, so no checkpoint"):
         irkd.train(tiny_cfg(tmp_path), data=train_data)
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_a_finished_run_without_its_checkpoint_is_not_trained_over(tmp_path, train_data):
+    irkd.train(small_cfg(tmp_path, epochs=2), data=train_data)
+    os.remove(tmp_path / "t" / "checkpoint.pt")              # as in a fresh clone
+    with pytest.raises(ValueError, match="finished run.*--overwrite=true"):
+        irkd.train(small_cfg(tmp_path, epochs=2), data=train_data)
