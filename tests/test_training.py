@@ -28,7 +28,8 @@ LOG_KEYS = {"res", "epoch", "lr", "loss", "ce", "kd", "sal", "train_acc", "val_a
 
 
 class RecordingTeacher(nn.Module):
-    """A teacher that records every input it sees (its forward signature is ViT's)."""
+    """A teacher that records every input it sees, through forward or (the rollout folded in
+    as the forward goes) embed; otherwise the ViT it wraps."""
 
     def __init__(self, inner, events):
         super().__init__()
@@ -38,6 +39,13 @@ class RecordingTeacher(nn.Module):
     def forward(self, x, return_attn=False):
         self.events.append(("teacher", x.detach().clone()))
         return self.inner(x, return_attn)
+
+    def embed(self, x):
+        self.events.append(("teacher", x.detach().clone()))
+        return self.inner.embed(x)
+
+    def classify(self, x):
+        return self.inner.classify(x)
 
 
 def record_student_inputs(monkeypatch, events):
