@@ -476,9 +476,11 @@ def run(opts: dict) -> dict:
                               for a, s in teacher_s[r].items()),
                   flush=True)
 
-    train, overhead, sync_free, settled = {}, {}, {}, {}
+    train, overhead, sync_free, settled, memory = {}, {}, {}, {}, {}
     for preset in opts["presets"]:
         resolutions, steps = opts["plan"][preset]
+        if device.type == "cuda":             # the GPU peak is this preset's own
+            torch.cuda.reset_peak_memory_stats(device)
         cells = {}
         students = {}
         for mode in opts["modes"]:
@@ -553,6 +555,9 @@ def run(opts: dict) -> dict:
         for cell in cells.values():
             if not torch.isfinite(cell.sums).all():
                 raise FloatingPointError(f"{preset}: a non-finite loss in the benchmark steps")
+        # the process's resident peak so far (a CPU heap is not given back, so a preset after
+        # a bigger one shows the bigger one's), and on CUDA this preset's tensors
+        memory[preset] = runs.peak_memory_mib(device)
 
     rep = summarise(opts, device, peak, teacher_s, train, overhead)
     rep["meta"].update(disturbed_measurements=timer.disturbed,
@@ -561,6 +566,7 @@ def run(opts: dict) -> dict:
     # CUDA only: {preset: {mode: no host sync in the step}}
     rep["host_sync_free"] = sync_free or None
     rep["meta"]["settle_steps"] = settled           # untimed steps until the heap stopped growing
+    rep["peak_memory_mib"] = memory                 # {preset: {rss[, cuda]}}, after its cells
     return rep
 
 
@@ -694,6 +700,12 @@ def format_report(rep: dict) -> str:
             lines.append(f"  curriculum cost       {v['value']:.3f}  ideal {v['ideal']:.3f} "
                          f"({100 * v['rel_err']:+.1f} %, within {100 * v['target']:.0f} %)   "
                          f"{'met' if v['met'] else 'NOT met'}  ({v['where']})")
+    if rep.get("peak_memory_mib"):
+        lines += ["", f"peak memory after each preset's steps (batch {m['batch_size']}; RSS: the "
+                  "process's peak so far, the teacher included; CUDA: that preset's tensors)"]
+        for preset, mem in rep["peak_memory_mib"].items():
+            lines.append(f"  {preset:7s}" + "".join(f"  {k} {v / 1024:6.2f} GiB"
+                                                     for k, v in mem.items()))
     if rep.get("host_sync_free"):
         bad = [f"{p} {mo}" for p, bm in rep["host_sync_free"].items()
                for mo, ok in bm.items() if not ok]

@@ -648,8 +648,9 @@ class Config:
     epochs: int = 60
     fresh_optimizer: bool = True       # re-create AdamW at every stage (the paper)
     resize_mode: str = "resize"        # "resize" (paper's idea) or "crop" (the original code)
-    augment: str = "crop_flip"         # "crop_flip" (random crop of the padded image + flip)
-                                       # or "none"
+    augment: str = "crop_flip"         # "crop_flip" (random crop of the padded image + flip),
+                                       # "crop_flip_aa" (then AutoAugment's CIFAR-10 policy,
+                                       # data.auto_augment, per image) or "none"
     # optimisation
     batch_size: int = 128
     lr: float = 3e-4
@@ -697,6 +698,8 @@ class Config:
     overwrite: bool = False            # with resume=False: replace a finished run's directory
     compile: bool = False              # torch.compile the student and teacher (CUDA graphs on CUDA)
     checkpoint: bool = False           # recompute each block in backward: less memory, same numbers
+    micro_batch: int = 0               # > 0: forward/backward the batch in chunks of this many
+                                       # images, gradients summed (one step; less memory)
 
     def stages(self) -> list[tuple[int, int]]:
         """[(resolution, epochs), ...]: six 10-epoch stages with cl, else 60 epochs at 32 px."""
@@ -720,13 +723,20 @@ class Config:
             bad(f"epochs={self.epochs} does not split equally over {len(self.resolutions)} stages")
         if self.epochs < 1 or self.batch_size < 1:
             bad("epochs and batch_size must be positive")
+        if self.micro_batch < 0:
+            bad(f"micro_batch={self.micro_batch}: 0 (the whole batch at once) or a number of "
+                f"images per chunk")
         choices = dict(resize_mode=("resize", "crop"), schedule=("constant", "onecycle"),
                        teacher_res=("same", "full"), saliency=SALIENCY,
-                       augment=("crop_flip", "none"), head=("avg", "cls"), select=("last", "best"),
-                       loss_form=("convex", "paper"), teacher_recipe=("default", "original"))
+                       augment=("crop_flip", "crop_flip_aa", "none"), head=("avg", "cls"),
+                       select=("last", "best"), loss_form=("convex", "paper"),
+                       teacher_recipe=("default", "original"))
         for k, valid in choices.items():
             if getattr(self, k) not in valid:
                 bad(f"{k}={getattr(self, k)!r}; valid: {', '.join(valid)}")
+        if self.randaug and self.augment == "crop_flip_aa":
+            bad("randaug=True (TrivialAugment) and augment='crop_flip_aa' (AutoAugment) each "
+                "pick one policy per image; choose one of them")
         if self.sal and not self.kd:
             bad("sal=True needs kd=True (the saliency target comes from the teacher)")
         if self.kd and (self.mixup or (self.erasing and self.teacher_res == "full")):
@@ -824,11 +834,14 @@ def saliency_snapshot(model: nn.Module, teacher: nn.Module | None, images: torch
 
 def train_step(model: nn.Module, loss_fn: IRKDLoss, opt: torch.optim.Optimizer, x: torch.Tensor,
                target: torch.Tensor, *, labels: torch.Tensor, teacher_input: torch.Tensor,
-               lr: float):
+               lr: float, micro_batch: int = 0):
     """One AdamW step on a prepared batch -> (loss, ce, kd, sal, correct) as one device tensor.
 
     x: the student's view (B, 3, res, res); target: labels (B,) or soft targets (B, C);
     labels: for the accuracy count; teacher_input: the teacher's view of the same images.
+    micro_batch > 0: forward and backward in chunks of that many images, each chunk's loss
+    weighted by its share of B. Every term of the loss is a mean over images, so the summed
+    gradient is the whole batch's, up to float rounding, with a fraction of the activations.
     Nothing here waits for the device (bench.py times this same function).
     """
     # B batch, C classes, N tokens, D width
@@ -837,24 +850,33 @@ def train_step(model: nn.Module, loss_fn: IRKDLoss, opt: torch.optim.Optimizer, 
     # grad and probe read chosen blocks' output tokens; rollout and attn the attention probabilities
     layers = loss_fn.token_layers(len(model.blocks))
     on_cuda = x.device.type == "cuda"
-    # bf16 autocast on CUDA only: a CPU run stays in float32
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=on_cuda), \
-            capture_tokens(model, layers) as tokens:
-        out = model(x, return_attn=loss_fn.needs_attn)
-        # out: (B, C) logits, or a (cls, dist) pair; attns: per block (B, heads, N, N)
-        out, attns = out if loss_fn.needs_attn else (out, None)
-        # tokens: per captured block (B, N, D), filled by the hooks during the forward
-        loss, parts = loss_fn(out, tokens if layers else attns, target, teacher_input=teacher_input,
-                              student=model)
+    B = x.shape[0]
+    size = micro_batch if 0 < micro_batch < B else B
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    stats = x.new_zeros(5, dtype=torch.float32)
+    for start in range(0, B, size):
+        part = slice(start, start + size)
+        share = min(size, B - start) / B      # 1.0 for the whole batch: the plain step, exactly
+        t_part = None if teacher_input is None else teacher_input[part]
+        # bf16 autocast on CUDA only: a CPU run stays in float32
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=on_cuda), \
+                capture_tokens(model, layers) as tokens:
+            out = model(x[part], return_attn=loss_fn.needs_attn)
+            # out: (b, C) logits, or a (cls, dist) pair; attns: per block (b, heads, N, N)
+            out, attns = out if loss_fn.needs_attn else (out, None)
+            # tokens: per captured block (b, N, D), filled by the hooks during the forward
+            loss, parts = loss_fn(out, tokens if layers else attns, target[part],
+                                  teacher_input=t_part, student=model)
+        (loss * share if share != 1 else loss).backward()
+        cls_logits = out[0] if isinstance(out, tuple) else out                  # (b, C)
+        zero = loss.new_zeros(())              # the kd and sal slots of a run without them
+        means = torch.stack([loss.detach().float(), parts["ce"].float(),
+                             parts.get("kd", zero).float(), parts.get("sal", zero).float()])
+        # (5,) on the device: train() sums it over the epoch and reads it once at the end
+        stats += torch.cat([means * share if share != 1 else means,
+                            (cls_logits.argmax(-1) == labels[part]).sum().float().view(1)])
     opt.step()
-    cls_logits = out[0] if isinstance(out, tuple) else out                      # (B, C)
-    zero = loss.new_zeros(())                  # the kd and sal slots of a run without them
-    # (5,) on the device: train() sums it over the epoch and reads it once at the end
-    return torch.stack([loss.detach().float(), parts["ce"].float(), parts.get("kd", zero).float(),
-                        parts.get("sal", zero).float(),
-                        (cls_logits.argmax(-1) == labels).sum().float()])
+    return stats
 
 
 def build(cfg: Config, teacher: nn.Module | None, device: torch.device):
@@ -920,18 +942,22 @@ def train(cfg: Config, *, teacher: nn.Module | None = None, data: dict | None = 
             run.begin_epoch(f"{cfg.name} {res}px ep {epoch}/{total_epochs}")
             crop = res if cfg.resize_mode == "crop" else 32  # "crop": res px cut out directly
             for idx, offsets, flips in sampler.epoch(crop=crop, augment=cfg.augment != "none"):
-                # the student's view at res; the teacher's: the same, or 32 px of the same image
+                # the student's view at res; the teacher's: the same, or 32 px of the same image;
+                # a per-image policy on the crop: AutoAugment, TrivialAugment (randaug) or none
+                aa = cfg.augment == "crop_flip_aa"
                 xs, xt = data_lib.make_views(d["train_x"][idx], offsets, flips, res,
                                              cfg.resize_mode,
                                              full_view=cfg.kd and cfg.teacher_res == "full",
-                                             aug_gen=aug_gen if cfg.randaug else None)
+                                             aug_gen=aug_gen if cfg.randaug or aa else None,
+                                             policy="autoaugment" if aa else "trivial")
                 xs, target = data_lib.recipe_extras(xs, d["train_y"][idx], aug_gen=aug_gen,
                                                     erasing=cfg.erasing,
                                                     mix_gen=mix_gen if cfg.mixup else None)
                 lr = lr_at(cfg, run.step, steps * total_epochs, cfg.warmup_epochs * steps)
                 run.before_step()
                 stats = train_step(step_model, loss_fn, opt, xs, target, labels=d["train_y"][idx],
-                                   teacher_input=xs if xt is None else xt, lr=lr)
+                                   teacher_input=xs if xt is None else xt, lr=lr,
+                                   micro_batch=cfg.micro_batch)
                 sums += stats
                 run.after_step(stats[0])                    # the NaN watch, on the device
             # sync point: the NaN flag, read once per epoch; then validation (more sync points)

@@ -223,10 +223,11 @@ def load_checkpoint(path: str) -> dict:
 
 
 # Config fields that may change between a run and its resumption: where and how fast it
-# runs, and what it reports, not what it computes. "out" is where the checkpoint was found,
+# runs, and what it reports, not what it computes (checkpoint and micro_batch: the same step,
+# up to float rounding for micro_batch). "out" is where the checkpoint was found,
 # however it is spelled (./runs, an absolute path, a moved directory).
 RESUMABLE_CHANGES = {"device", "resume", "data", "compile", "overwrite", "head", "select", "out",
-                     "checkpoint"}
+                     "checkpoint", "micro_batch"}
 
 
 def resume_state(cfg, run_dir: str, teacher_info: dict | None) -> dict | None:

@@ -12,10 +12,12 @@ import io
 import json
 
 import pytest
+import torch
 
 import bench
 import data as data_lib
 import irkd
+import runs
 
 def test_ideal_curriculum_ratio():
     # patch 4, cls + dist token: N = 2 + (r/4)^2 for r = 12..32
@@ -80,6 +82,11 @@ def test_bench_tiny_run_writes_json(tiny_bench):
     assert rep["curriculum"] == {}                 # needs all six resolutions
     assert set(rep["targets"]) == {"pipeline_overhead", "sal_over_kd"}
     assert rep["mfu_32"]["custom"]["KD"] > 0
+    # the peak memory per preset: a torch process holds tens of MiB at least, and no more
+    # than the peak the process itself saw at the end (read the same way)
+    rss = rep["peak_memory_mib"]["custom"]["rss"]
+    assert 50 < rss <= runs.peak_memory_mib(torch.device("cpu"))["rss"]
+    assert "peak memory after each preset" in printed
 
 
 def test_bench_tiny_run_cells(tiny_bench):

@@ -8,6 +8,7 @@ numbers printed beside the cells; the error text naming the bad field; mean and 
 standard deviation over seeds computed by hand for the report.
 """
 import json
+import statistics
 import os
 
 import pytest
@@ -194,6 +195,26 @@ def test_study_report_pairs_by_seed(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| KD - CE"))
     assert "| 0,1 | 75.00 | 45.00 | +30.00 | [-97.06, +157.06] |" in row
     assert "not run yet" in next(line for line in text.splitlines() if "Sal - KD+CL" in line)
+    # the claims table reuses the comparison: KD > CE, interval across 0, half-width 127 points
+    claim = next(line for line in text.splitlines() if line.startswith("| distillation beats"))
+    assert "| +9.85 | +30.00 | [-97.06, +157.06] | 0,1 | not resolved at this power" in claim
+
+
+# Oracle: the rule written above CLAIMS, worked by hand on chosen differences.
+@pytest.mark.parametrize("diffs, paper, expected", [
+    ([1.0, 1.2, 0.9], 8.0, "holds"),                           # interval [+0.65, +1.41]
+    ([-1.0, -1.2, -0.9], 8.0, "does not hold: the other way round"),
+    ([0.2, -0.2, 0.1], 8.0, "does not hold at the paper's size"),   # at most +0.55 < 8 / 5
+    ([2.0, -1.0, 1.0], 1.0, "not resolved at this power"),
+    ([3.0], 8.0, "not resolved: one seed"),
+])
+def test_verdict_rule(diffs, paper, expected):
+    interval, word = experiments.verdict(diffs, paper)
+    assert word.startswith(expected)
+    if len(diffs) >= 2:           # the interval is the t-interval: mean -+ t * sd / sqrt(n)
+        half = experiments.T975[len(diffs) - 2] * statistics.stdev(diffs) / len(diffs) ** 0.5
+        m = statistics.mean(diffs)
+        assert interval == f"[{m - half:+.2f}, {m + half:+.2f}]"
 
 
 def test_the_replays_say_what_they_replay():
@@ -212,6 +233,10 @@ def test_quick_mode_recomputes_heavy_students_only():
     assert not quick["exp1a"].checkpoint                      # the reference stays as it was
     assert quick["saliency_p2"].checkpoint and quick["kdonly"].checkpoint
     assert not quick["orig_tiny_p2_kd_cl_sal"].checkpoint    # probe: second order, refused
+    # every heavy student runs in chunks of 32 images; the reference keeps the plain step
+    assert quick["exp1a"].micro_batch == 0
+    assert all(quick[n].micro_batch == 32 for n in ("saliency_p2", "kdonly",
+                                                     "orig_tiny_p2_kd_cl_sal"))
 
 
 def test_cell_report_puts_paper_replay_and_default_side_by_side(tmp_path):

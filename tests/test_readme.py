@@ -4,6 +4,8 @@ must exist.
 - The python usage block under "## Reading the code" is taken from README.md verbatim
   and executed (CPU, about a second); it must print the shapes the README promises.
 - Every relative link from README.md into docs/ must point to an existing file.
+- The study block (between the study-status markers) equals what experiments.study_status
+  computes from the committed results/study/ files.
 """
 from __future__ import annotations
 
@@ -62,3 +64,14 @@ def test_links_into_docs_exist():
     assert docs, "README.md links to nothing under docs/"
     missing = [t for t in docs if not os.path.isfile(os.path.join(ROOT, t.split("#", 1)[0]))]
     assert not missing, f"README.md links to missing files: {missing}"
+
+
+# The README's study block is the report of the committed runs, not numbers copied by hand:
+# after a run lands in results/study, `python experiments.py report --readme` rewrites it.
+def test_study_block_is_generated_from_the_committed_runs(monkeypatch):
+    import experiments
+    monkeypatch.chdir(ROOT)                   # the block names the folder as the README does
+    text = read_readme()
+    start, end = (text.index(m) for m in experiments.README_MARKERS)
+    block = text[start + len(experiments.README_MARKERS[0]):end].strip()
+    assert block == experiments.study_status("results/study").strip()

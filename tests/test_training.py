@@ -471,3 +471,45 @@ def test_saliency_file_holds_only_its_own_images_and_maps(curriculum_run):
     for stage in snap["stages"]:
         assert stage["student"].untyped_storage().nbytes() == stage["student"].numel() * 4
     assert os.path.getsize(os.path.join(run_dir, "saliency.pt")) < 64 * 1024
+
+
+# Oracle: the whole batch in one step. Chunks of 5 out of 11 images (5 + 5 + 1), each loss
+# weighted by its share, must give the same summed gradient (SGD with lr 1 makes the weight
+# change the gradient itself) and the same logged means and correct count, for plain CE, KD
+# and every saliency method (each of their terms is a mean over images).
+@pytest.mark.parametrize("setup", ["ce", "kd"] + [f"sal_{s}" for s in irkd.SALIENCY])
+def test_micro_batches_sum_to_the_whole_batch_step(setup):
+    torch.manual_seed(0)
+    teacher = None if setup == "ce" else tiny_vit(4)
+    loss_fn = irkd.IRKDLoss(teacher, gamma=0.8 if setup.startswith("sal") else 0.0,
+                            saliency=setup.split("_")[-1] if setup.startswith("sal") else "rollout")
+    x, y = torch.randn(11, 3, 16, 16), torch.randint(0, 10, (11,))
+    after, stats = [], []
+    for micro in (0, 5):
+        torch.manual_seed(1)
+        student = tiny_vit(4, distill_token=teacher is not None)
+        opt = torch.optim.SGD(student.parameters(), lr=1.0)
+        stats.append(irkd.train_step(student, loss_fn, opt, x, y, labels=y, teacher_input=x,
+                                     lr=1.0, micro_batch=micro))
+        after.append(dict(student.named_parameters()))
+    torch.testing.assert_close(stats[1], stats[0], rtol=1e-5, atol=1e-6)
+    for k in after[0]:
+        torch.testing.assert_close(after[1][k], after[0][k], rtol=1e-5, atol=1e-6)
+    assert stats[0][4] == (stats[0][4].round())  # the correct count stays a count
+
+
+def test_micro_batch_must_not_be_negative():
+    with pytest.raises(ValueError, match="micro_batch"):
+        irkd.Config(micro_batch=-1).check()
+
+
+# micro_batch=0 is the plain step: a run with micro_batch larger than the batch (one chunk)
+# trains to the same weights, bit for bit.
+def test_one_chunk_is_the_plain_step(tmp_path, train_data):
+    teacher = tiny_vit(patch_size=4)
+    for micro in (0, 1000):
+        cfg = small_cfg(tmp_path / str(micro), kd=True, sal=True, micro_batch=micro)
+        irkd.train(cfg, teacher=teacher, data=train_data)
+    a, b = (torch.load(tmp_path / str(m) / "t" / "model.pt", weights_only=True)["model"]
+            for m in (0, 1000))
+    assert all(torch.equal(a[k], b[k]) for k in a)
