@@ -6,6 +6,7 @@
     EpochSampler      every random draw of an epoch (order, crop offsets, flips)
     make_views        the student's view at `res` and the teacher's view of the same image
     teacher recipe    TrivialAugment, random erasing, mixup / cutmix (teachers only)
+    auto_augment      AutoAugment's CIFAR-10 policy (the replay of the original p2 KD cell)
 
 The whole dataset lives on the device as uint8; batches are augmented with tensor ops,
 so no DataLoader workers are needed (cifar10-airbench's approach). Imports nothing of
@@ -251,17 +252,23 @@ class EpochSampler:
 # The teacher recipe's stronger augmentation, as batch tensor ops on the device (no torchvision):
 
 def make_views(x_uint8: torch.Tensor, offsets, flips, res: int, mode: str, full_view: bool,
-               aug_gen: torch.Generator | None = None):
+               aug_gen: torch.Generator | None = None, policy: str = "trivial"):
     """One augmented batch -> (student view at `res`, teacher's 32-px view or None).
 
     mode "resize": crop 32 of the padded image, flip, resize to res (the paper's idea).
     mode "crop":   crop res x res of the padded image directly (what the original code did).
-    With full_view both views come from the *same* augmented 32-px image. With aug_gen,
-    trivial_augment() runs on the 32-px crop first (the teacher recipe).
+    With full_view both views come from the *same* augmented 32-px image. With aug_gen, a
+    per-image policy runs on the crop first, drawn from aug_gen: policy "trivial" is
+    trivial_augment() (the teacher recipe), "autoaugment" is auto_augment() (AutoAugment's
+    CIFAR-10 policy, what the original p2 KD notebook ran after its crop + flip).
     """
+    augment = {"trivial": trivial_augment, "autoaugment": auto_augment}.get(policy)
+    if augment is None:
+        raise ValueError(f"unknown augmentation policy {policy!r}; use 'trivial' or 'autoaugment'")
+
     def crop(size):
         x = random_crop_flip(x_uint8, offsets, flips, size=size)
-        return normalize(trivial_augment(x.float() / 255, aug_gen) if aug_gen is not None else x)
+        return normalize(augment(x.float() / 255, aug_gen) if aug_gen is not None else x)
     if mode == "resize":
         full = crop(32)
         return resize(full, res), (full if full_view else None)
@@ -398,3 +405,201 @@ def recipe_extras(x: torch.Tensor, labels: torch.Tensor, *, aug_gen: torch.Gener
     if mix_gen is None:
         return x, labels
     return mix_batch(x, labels, mix_gen)
+
+
+# =============================================================================
+# AutoAugment's CIFAR-10 policy (the original p2 KD notebook's student augmentation)
+# =============================================================================
+
+# The 25 sub-policies of torchvision's AutoAugmentPolicy.CIFAR10 (Cubuk et al. 2019), each two
+# (op, probability, magnitude bin of 10), as in pytorch/vision
+# torchvision/transforms/autoaugment.py, AutoAugment._get_policies (read at 0352a47; the same
+# table in transforms/v2/_auto_augment.py). P_2_KD_ONLY.ipynb ran
+# AutoAugment(policy=AutoAugmentPolicy.CIFAR10) on the PIL image after RandomCrop(32, padding=4)
+# and RandomHorizontalFlip, with the default nearest interpolation and black fill.
+AA_CIFAR10 = (
+    (("Invert", 0.1, None), ("Contrast", 0.2, 6)),
+    (("Rotate", 0.7, 2), ("TranslateX", 0.3, 9)),
+    (("Sharpness", 0.8, 1), ("Sharpness", 0.9, 3)),
+    (("ShearY", 0.5, 8), ("TranslateY", 0.7, 9)),
+    (("AutoContrast", 0.5, None), ("Equalize", 0.9, None)),
+    (("ShearY", 0.2, 7), ("Posterize", 0.3, 7)),
+    (("Color", 0.4, 3), ("Brightness", 0.6, 7)),
+    (("Sharpness", 0.3, 9), ("Brightness", 0.7, 9)),
+    (("Equalize", 0.6, None), ("Equalize", 0.5, None)),
+    (("Contrast", 0.6, 7), ("Sharpness", 0.6, 5)),
+    (("Color", 0.7, 7), ("TranslateX", 0.5, 8)),
+    (("Equalize", 0.3, None), ("AutoContrast", 0.4, None)),
+    (("TranslateY", 0.4, 3), ("Sharpness", 0.2, 6)),
+    (("Brightness", 0.9, 6), ("Color", 0.2, 8)),
+    (("Solarize", 0.5, 2), ("Invert", 0.0, None)),
+    (("Equalize", 0.2, None), ("AutoContrast", 0.6, None)),
+    (("Equalize", 0.2, None), ("Equalize", 0.6, None)),
+    (("Color", 0.9, 9), ("Equalize", 0.6, None)),
+    (("AutoContrast", 0.8, None), ("Solarize", 0.2, 8)),
+    (("Brightness", 0.1, 3), ("Color", 0.7, 0)),
+    (("Solarize", 0.4, 5), ("AutoContrast", 0.9, None)),
+    (("TranslateY", 0.9, 9), ("TranslateY", 0.7, 9)),
+    (("AutoContrast", 0.9, None), ("Solarize", 0.8, 3)),
+    (("Equalize", 0.8, None), ("Invert", 0.1, None)),
+    (("TranslateY", 0.7, 9), ("AutoContrast", 0.9, None)),
+)
+# torchvision's AutoAugment op space, in its order
+AA_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
+          "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize", "Invert")
+# AutoAugment ops that apply_ops computes exactly, and their AUG_OPS names
+_AA_SHARED = {"Brightness": "brightness", "Color": "color", "Contrast": "contrast",
+              "Posterize": "posterize", "AutoContrast": "autocontrast"}
+
+
+def aa_magnitude(name: str, bin: int | None, height: int, width: int) -> tuple[float, bool]:
+    """torchvision's magnitude of op `name` at `bin` -> (unsigned value, whether it takes a
+    random sign), from AutoAugment._augmentation_space(10, ...): shear linspace(0, 0.3);
+    translate linspace(0, 150/331 * size) pixels, int() of the signed value (so truncated);
+    rotate linspace(0, 30) degrees; brightness / color / contrast / sharpness linspace(0, 0.9),
+    factor 1 + value; posterize 8 - round(bin / (9/4)) bits kept; solarize threshold
+    linspace(255, 0) on 8-bit values (v2: linspace(1, 0) times 255). No bin: 0, unsigned."""
+    if bin is None:
+        return 0.0, False
+    space = {"ShearX": (torch.linspace(0.0, 0.3, 10), True),
+             "ShearY": (torch.linspace(0.0, 0.3, 10), True),
+             "TranslateX": (torch.linspace(0.0, 150.0 / 331.0 * width, 10).trunc(), True),
+             "TranslateY": (torch.linspace(0.0, 150.0 / 331.0 * height, 10).trunc(), True),
+             "Rotate": (torch.linspace(0.0, 30.0, 10), True),
+             "Posterize": (8 - (torch.arange(10) / ((10 - 1) / 4)).round(), False),
+             "Solarize": (torch.linspace(255.0, 0.0, 10), False)}
+    for enhance in ("Brightness", "Color", "Contrast", "Sharpness"):
+        space[enhance] = (torch.linspace(0.0, 0.9, 10), True)
+    values, signed = space[name]
+    return float(values[bin]), signed
+
+
+_AA_TABLES: dict[tuple, tuple[torch.Tensor, ...]] = {}
+
+def _aa_tables(policy: tuple, device: torch.device, height: int,
+               width: int) -> tuple[torch.Tensor, ...]:
+    """A policy as (sub-policies, 2) tensors on `device` (op index, probability, unsigned
+    magnitude, signed), made once per policy, device and image size: a host-to-device copy
+    every step would block on CUDA."""
+    key = (policy, device, height, width)
+    if key not in _AA_TABLES:
+        cells = [(AA_OPS.index(name), p, *aa_magnitude(name, bin, height, width))
+                 for sub in policy for name, p, bin in sub]
+        op, prob, mag, signed = zip(*cells)
+        _AA_TABLES[key] = tuple(torch.tensor(v, device=device).view(len(policy), 2)
+                                for v in (op, prob, mag, signed))
+    return _AA_TABLES[key]
+
+
+def equalize(x: torch.Tensor) -> torch.Tensor:
+    """Histogram equalisation of each image-channel's 8-bit values, as PIL's ImageOps.equalize
+    (and torchvision's tensor equalize) do it: step = (pixels - count of the highest value
+    present) // 255; step 0 (one value, or too few pixels): unchanged; otherwise value i ->
+    min(255, (step // 2 + pixels below i) // step). x: float (B, C, H, W) in [0, 1]."""
+    B, C, H, W = x.shape
+    v = (x * 255).round().long().clamp(0, 255).view(B * C, H * W)          # 8-bit values
+    hist = torch.zeros(B * C, 256, dtype=torch.long, device=x.device)
+    hist.scatter_add_(1, v, torch.ones_like(v))                           # (B*C, 256)
+    values = torch.arange(256, device=x.device)
+    last = torch.where(hist > 0, values, 0).amax(1, keepdim=True)         # (B*C, 1)
+    step = (H * W - hist.gather(1, last)) // 255                          # (B*C, 1)
+    below = hist.cumsum(1) - hist                                         # pixels below i
+    lut = ((step // 2 + below) // step.clamp_min(1)).clamp(max=255)       # (B*C, 256)
+    out = torch.where(step > 0, lut.gather(1, v), v)                      # (B*C, H*W)
+    return out.view(B, C, H, W).to(x.dtype) / 255
+
+
+def _sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """PIL's ImageEnhance.Sharpness (torchvision's adjust_sharpness): blend with PIL's SMOOTH
+    filter (3x3, centre 5, the rest 1, / 13, rounded to 8 bits), whose one-pixel border keeps
+    the image's values. factor: (B,), 1 is the identity, 0 the smoothed image."""
+    B, C, H, W = x.shape
+    if H < 3 or W < 3:
+        return x                                  # all border: the smoothed image is x
+    kernel = torch.ones(C, 1, 3, 3, dtype=x.dtype, device=x.device)
+    kernel[:, :, 1, 1] = 5
+    smooth = x.clone()
+    inner = F.conv2d(x, kernel / 13, groups=C)                            # (B, C, H-2, W-2)
+    smooth[:, :, 1:-1, 1:-1] = (inner * 255).round() / 255
+    f = factor.view(B, 1, 1, 1).to(x.dtype)
+    return (smooth + f * (x - smooth)).clamp(0, 1)
+
+
+def _aa_warp(x: torch.Tensor, op: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """AutoAugment's geometric ops as one nearest-neighbour warp with black fill, each image
+    its own (theta is the identity where op is not geometric). As PIL's affine maps output
+    to input in pixel coordinates: ShearX (u, v) <- (u + m v, v) and ShearY (u, v) <- (u, v +
+    m u) about the top-left corner (torchvision passes center=[0, 0] and atan(m), so the
+    matrix is (1, m, 0, 0, 1, 0)); TranslateX/Y u <- u - m (m whole pixels); Rotate m degrees
+    counter-clockwise about the centre. theta is that map in grid units ([-1, 1] across
+    the width and the height)."""
+    B, C, H, W = x.shape
+    zero = torch.zeros_like(m)
+    is_op = lambda name: op == AA_OPS.index(name)  # noqa: E731
+    sx, sy = torch.where(is_op("ShearX"), m, zero), torch.where(is_op("ShearY"), m, zero)
+    tx = torch.where(is_op("TranslateX"), m, zero)
+    ty = torch.where(is_op("TranslateY"), m, zero)
+    rad = torch.where(is_op("Rotate"), m, zero) * (math.pi / 180)
+    cos, sin = torch.cos(rad), torch.sin(rad)
+    theta = torch.stack([
+        torch.stack([cos, (sx - sin) * H / W, sx * H / W - 2 * tx / W], -1),
+        torch.stack([(sy + sin) * W / H, cos, sy * W / H - 2 * ty / H], -1)], 1)  # (B, 2, 3)
+    grid = F.affine_grid(theta, [B, C, H, W], align_corners=False)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
+def apply_aa_ops(x: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """x: float (B, 3, H, W) in [0, 1] on the 8-bit grid; op: (B,) index into AA_OPS;
+    magnitude: (B,) torchvision's signed magnitude (aa_magnitude). -> (B, 3, H, W), rounded
+    to the 8-bit grid as PIL keeps an image between ops.
+
+    Like apply_ops, every op is computed for the whole batch and each image keeps its own.
+    Brightness, Color, Contrast, Posterize and AutoContrast are apply_ops' own ops at the
+    magnitude that gives torchvision's (its factor 1 + 0.9 * m' with m' = m / 0.9; its
+    posterize drops round(4 m') bits with m' = (8 - bits) / 4); Invert, Solarize (invert
+    values >= the threshold, as PIL), Equalize, Sharpness and the geometric ops (nearest, as
+    torchvision's default) are here. Left from PIL (the notebook's path): contrast / colour
+    use the float grey level where PIL rounds it, a blend can land one level from PIL's
+    float32 one, and a pixel centre mapped exactly onto a pixel boundary can take the other
+    neighbour (tests/test_augment.py compares every policy op with Pillow).
+    """
+    B = x.shape[0]
+    m = magnitude.to(x.dtype)
+    is_op = {name: op == i for i, name in enumerate(AA_OPS)}
+    shared_op = torch.zeros_like(op)                                  # AUG_OPS' identity
+    for name, ta_name in _AA_SHARED.items():
+        shared_op = torch.where(is_op[name], AUG_OPS.index(ta_name), shared_op)
+    enhance = is_op["Brightness"] | is_op["Color"] | is_op["Contrast"]
+    shared_m = torch.where(enhance, m / 0.9, torch.where(is_op["Posterize"], (8 - m) / 4, 0.0))
+    out = apply_ops(x, shared_op, shared_m)
+    mask = {name: v.view(B, 1, 1, 1) for name, v in is_op.items()}
+    out = torch.where(mask["Invert"], 1 - x, out)
+    solarized = torch.where((x * 255).round() >= m.view(B, 1, 1, 1), 1 - x, x)
+    out = torch.where(mask["Solarize"], solarized, out)
+    out = torch.where(mask["Equalize"], equalize(x), out)
+    out = torch.where(mask["Sharpness"], _sharpness(x, 1 + m), out)
+    geometric = op <= AA_OPS.index("Rotate")                          # AA_OPS[:5] move pixels
+    out = torch.where(geometric.view(B, 1, 1, 1), _aa_warp(x, op, m), out)
+    # back to 8 bits as PIL: its blends (the enhance ops) and autocontrast truncate (+1e-3:
+    # float error must not drop a whole level), everything else is on the grid already
+    truncated = enhance | is_op["Sharpness"] | is_op["AutoContrast"]
+    out = out * 255
+    return torch.where(truncated.view(B, 1, 1, 1), (out + 1e-3).floor(), out.round()) / 255
+
+
+def auto_augment(x: torch.Tensor, generator: torch.Generator,
+                 policy: tuple = AA_CIFAR10) -> torch.Tensor:
+    """AutoAugment, per image, drawn on x's device: one of the policy's sub-policies
+    uniformly (AA_CIFAR10: 25), then each of its two ops in turn with its probability
+    (applied when a uniform draw is <= p, as torchvision), a signed op's magnitude negated
+    with probability 1/2. x: float (B, 3, H, W) in [0, 1] on the 8-bit grid (uint8 / 255)."""
+    B, _, H, W = x.shape
+    ops, probs, mags, signed = _aa_tables(policy, x.device, H, W)
+    sub = torch.randint(len(policy), (B,), generator=generator, device=x.device)
+    u = torch.rand(2, 2, B, generator=generator, device=x.device)   # (op slot, apply / sign, B)
+    for i in range(2):
+        m = mags[sub, i]
+        m = torch.where(signed[sub, i] & (u[i, 1] < 0.5), -m, m)
+        applied = (u[i, 0] <= probs[sub, i]).view(B, 1, 1, 1)
+        x = torch.where(applied, apply_aa_ops(x, ops[sub, i], m), x)
+    return x

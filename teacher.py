@@ -7,10 +7,11 @@
 The recipe follows the paper's: mixup (alpha 0.2) or cutmix
 (alpha 1.0) on alternate batches at random, label smoothing 0.01, AdamW with
 weight decay 2e-4, a warm-up + cosine schedule peaking at 4e-4, 135 epochs.
-In place of the original's AutoAugment, TrivialAugment (one random op per image,
-data.trivial_augment) and random erasing are there as switches (--randaug
---erasing=0.25), off by default: measured on the CPU protocol's teacher they cost
-2.9 points (docs/reproducing.md, "Teacher recipe"); on ViT-Small with all data they are untested.
+The notebooks configured AutoAugment and random erasing for it but never applied
+them; TrivialAugment (one random op per image, data.trivial_augment) and random erasing
+are there as switches (--randaug --erasing=0.25), off by default: measured on the CPU
+protocol's teacher they cost 2.9 points (docs/reproducing.md, "Teacher recipe"); on
+ViT-Small with all data they are untested.
 Students find their teacher through ensure_teacher(): the cached checkpoint for
 their patch size, trained on the spot when it does not exist yet.
 """
