@@ -149,8 +149,10 @@ for _name, (_cell, _student, _patch, _setup, _change) in REPLAY.items():
                                              teacher_recipe=_recipe, **_change)
     PAPER[_name], SETUP[_name] = PAPER[_cell], f"{_setup}, replayed"
 # The two teachers: p4 from scratch as the notebook trained it (OneCycle peaking at 60 %, dropout
-# 0.1, best validation epoch; its AutoAugment and random erasing were never applied); p2 was an
-# ImageNet-pretrained DeiT-S fine-tuned 50-65 epochs: here the nearest offline thing, from scratch.
+# 0.1, best validation epoch; mixup/cutmix only: its crop + flip, AutoAugment and random erasing
+# were never applied, the shared-transform bug); p2 was an ImageNet-pretrained DeiT-S fine-tuned
+# 50-65 epochs (mixup/cutmix only, the same bug): here the nearest offline thing, from scratch,
+# with this project's crop + flip.
 for _name, _patch, _recipe in (("orig_teacher_small_p4", 4, "original"),
                                ("orig_teacher_small_p2", 2, "default")):
     _t = teacher_lib.teacher_config(_patch, base=dataclasses.replace(BASE, teacher_recipe=_recipe))
@@ -215,7 +217,7 @@ def quick(cfg: irkd.Config) -> irkd.Config:
         return teacher_lib.teacher_config(cfg.patch_size, quick=True,
                                           base=dataclasses.replace(cfg, out=f"{cfg.out}/quick"))
     sizes = teacher_lib.quick_sizes(cfg.model, cfg.patch_size, epochs=len(cfg.resolutions))
-    # a ViT-Tiny or patch-2 student at batch 128 needs 6-10 GiB for one step: chunks of 32
+    # a ViT-Tiny or patch-2 student at batch 128 needs 6-10 GiB for one step: chunks of 16
     # images (micro_batch: the same step up to float rounding) and, where the saliency allows,
     # blocks recomputed in backward (the same numbers) keep a quick run under 3 GiB, so that a
     # laptop runs it (docs/memory.out)
@@ -225,7 +227,7 @@ def quick(cfg: irkd.Config) -> irkd.Config:
                                teacher_model=teacher_lib.QUICK_PRESET, teacher_epochs=8, **sizes,
                                test_epochs=tuple(e for e in cfg.test_epochs if e < sizes["epochs"]),
                                checkpoint=cfg.checkpoint or recompute,
-                               micro_batch=cfg.micro_batch or (32 if heavy else 0))
+                               micro_batch=cfg.micro_batch or (16 if heavy else 0))
 
 
 def configs_for(name: str, overrides: dict) -> list[irkd.Config]:

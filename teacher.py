@@ -7,8 +7,9 @@
 The recipe follows the paper's: mixup (alpha 0.2) or cutmix
 (alpha 1.0) on alternate batches at random, label smoothing 0.01, AdamW with
 weight decay 2e-4, a warm-up + cosine schedule peaking at 4e-4, 135 epochs.
-The notebooks configured AutoAugment and random erasing for it but never applied
-them; TrivialAugment (one random op per image, data.trivial_augment) and random erasing
+The notebooks configured crop + flip, AutoAugment and random erasing for it but applied
+none of them (a shared-transform bug, which teacher_recipe="original" replays); here crop +
+flip are on; TrivialAugment (one random op per image, data.trivial_augment) and random erasing
 are there as switches (--randaug --erasing=0.25), off by default: measured on the CPU
 protocol's teacher they cost 2.9 points (docs/reproducing.md, "Teacher recipe"); on
 ViT-Small with all data they are untested.
@@ -34,7 +35,7 @@ import irkd
 import runs
 
 QUICK_PRESET = "custom"  # the quick teacher: the custom size at 32 px, a few epochs
-RECIPE = ("mixup", "randaug", "erasing")  # augmentation a cached teacher must match
+RECIPE = ("augment", "mixup", "randaug", "erasing")  # augmentation a cached teacher must match
 
 
 def teacher_config(patch_size: int = 4, *, quick: bool = False,
@@ -55,9 +56,12 @@ def teacher_config(patch_size: int = 4, *, quick: bool = False,
         augment="crop_flip", resize_mode="resize", select="last", patience=0)
     if base.teacher_recipe == "original":
         # the notebooks' patch-4 teacher (P_4_ALL): OneCycle with its peak at 60 % of the run,
-        # dropout 0.1, and the best validation epoch's weights
+        # dropout 0.1, and the best validation epoch's weights. No per-image augmentation, only
+        # mixup/cutmix: P_4_ALL.ipynb cell 5 (SMALL_P_4_ALL.py, the cell at line 2437) builds
+        # train_tf (crop, flip, AutoAugment, erasing) on `full`, random_splits `full`, then sets
+        # `val_ds.dataset.transform = val_tf` (its line 107): the same object the train Subset reads
         cfg = dataclasses.replace(cfg, name=name + "_orig", dropout=0.1, select="best",
-                                  warmup_epochs=round(0.6 * base.teacher_epochs))
+                                  warmup_epochs=round(0.6 * base.teacher_epochs), augment="none")
     if quick:
         cfg = dataclasses.replace(cfg, name=f"teacher_quick_p{patch_size}", model=QUICK_PRESET,
                                   **quick_sizes(QUICK_PRESET, patch_size, epochs=8),
@@ -148,7 +152,9 @@ def ensure_teacher(cfg: irkd.Config, data: dict | None = None):
             f"needs a {expected} teacher with patch {patch} (train it with "
             f"`python teacher.py --patch_size={patch}` or pass --teacher=PATH and "
             f"--teacher_model=PRESET)")
-    recipe = {k: ckpt.get("config", {}).get(k, False) for k in RECIPE}
+    # a field the checkpoint's config lacks (written before it existed) had the default
+    defaults = dataclasses.asdict(irkd.Config())
+    recipe = {k: ckpt.get("config", {}).get(k, defaults[k]) for k in RECIPE}
     if not cfg.teacher:  # the cached default must have today's recipe, not an older one
         want = {k: getattr(tcfg, k) for k in RECIPE}
         if recipe != want:

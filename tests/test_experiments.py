@@ -233,9 +233,9 @@ def test_quick_mode_recomputes_heavy_students_only():
     assert not quick["exp1a"].checkpoint                      # the reference stays as it was
     assert quick["saliency_p2"].checkpoint and quick["kdonly"].checkpoint
     assert not quick["orig_tiny_p2_kd_cl_sal"].checkpoint    # probe: second order, refused
-    # every heavy student runs in chunks of 32 images; the reference keeps the plain step
+    # every heavy student runs in chunks of 16 images; the reference keeps the plain step
     assert quick["exp1a"].micro_batch == 0
-    assert all(quick[n].micro_batch == 32 for n in ("saliency_p2", "kdonly",
+    assert all(quick[n].micro_batch == 16 for n in ("saliency_p2", "kdonly",
                                                      "orig_tiny_p2_kd_cl_sal"))
 
 

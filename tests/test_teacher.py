@@ -63,6 +63,23 @@ def test_teacher_config_recipe():
         c.check()
 
 
+# Oracle: P_4_ALL.ipynb cell 5 (Soobiwan/IRKD 0a27c9f), read by hand: its teacher's train Subset
+# read the dataset whose transform had been set to val_tf (ToTensor + Normalize), so it trained
+# on mixup/cutmix alone; OneCycle peak at 0.6 of 135 epochs, dropout 0.1, best-val weights.
+def test_teacher_config_original_recipe():
+    default = teacher_lib.teacher_config(4)
+    orig = teacher_lib.teacher_config(4, base=irkd.Config(teacher_recipe="original"))
+    assert orig.name == "teacher_small_p4_orig" and default.augment == "crop_flip"
+    assert orig.augment == "none" and orig.mixup is True and orig.randaug is False
+    assert orig.erasing == 0.0 and orig.label_smoothing == 0.01
+    assert (orig.dropout, orig.select, orig.warmup_epochs) == (0.1, "best", 81)
+    assert dataclasses.replace(orig, name=default.name, augment="crop_flip", dropout=0.0,
+                               select="last", warmup_epochs=default.warmup_epochs,
+                               teacher_recipe="default") == default   # nothing else differs
+    assert experiments.EXPERIMENTS["orig_teacher_small_p4"].augment == "none"
+    orig.check()
+
+
 # ----------------------------------------------------------------------------- ensure_teacher
 
 def test_ensure_teacher_refuses_wrong_preset(tmp_path):
@@ -111,7 +128,24 @@ def test_ensure_teacher_refuses_a_stale_recipe(tmp_path):
     with pytest.raises(ValueError, match="recipe.*--teacher="):
         teacher_lib.ensure_teacher(cfg)
     _, info = teacher_lib.ensure_teacher(dataclasses.replace(cfg, teacher=path))
-    assert info["randaug"] is False and info["erasing"] is False
+    assert info["randaug"] is False and info["erasing"] == 0
+
+
+# A cached teacher of the original recipe (no per-image augmentation) is not the default
+# recipe's (crop + flip), and the other way round: each is refused where the other is wanted.
+def test_ensure_teacher_refuses_another_augmentation(tmp_path):
+    cfg = irkd.Config(kd=True, patch_size=4, quick=True, out=str(tmp_path))
+    path = teacher_lib.default_path(cfg)
+    save_checkpoint(path, "custom", 4)
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["config"]["augment"] = "none"
+    torch.save(ckpt, path)
+    with pytest.raises(ValueError, match="augment"):
+        teacher_lib.ensure_teacher(cfg)
+    del ckpt["config"]["augment"]                 # written before the field: crop + flip
+    torch.save(ckpt, path)
+    _, info = teacher_lib.ensure_teacher(cfg)
+    assert info["augment"] == "crop_flip"
 
 
 # ----------------------------------------------------------------------------- command line
