@@ -607,9 +607,14 @@ class IRKDLoss(nn.Module):
                     flow = rollout_step(flow, attn, num_prefix=t.num_prefix)  # (B, N, N)
                 return t.classify(h), rollout_map(flow, num_prefix=t.num_prefix)
         if self.saliency == "attn":
+            # the class token's row of each layer, taken as the forward goes: one layer's
+            # attention in memory at a time
             with torch.no_grad():
-                logits, attn = t(x, return_attn=True)
-            return logits, cls_attention_maps(attn, num_prefix=t.num_prefix)       # (L, B, gh, gw)
+                h, maps = t.embed(x), []                                     # (B, N, D)
+                for block in t.blocks:
+                    h, attn = block(h, return_attn=True)                     # (B, heads, N, N)
+                    maps.append(cls_attention_maps([attn], t.num_prefix)[0])  # (B, gh, gw)
+                return t.classify(h), torch.stack(maps)                      # (L, B, gh, gw)
         if self.saliency == "probe":
             layers = probe_layers(len(t.blocks)) if layers is None else layers
             if max(layers) >= len(t.blocks):

@@ -142,3 +142,17 @@ def test_teacher_rollout_folded_in_equals_the_stored_one():
         want_logits, attentions = teacher(x, return_attn=True)
     assert torch.equal(logits, want_logits)
     assert torch.equal(t_map, irkd.attention_rollout(attentions, num_prefix=1))
+
+
+# Oracle: cls_attention_maps of the teacher's stored attentions ("attn", the P_4_ALL replay),
+# which the teacher now takes layer by layer as its forward goes.
+def test_teacher_attn_maps_taken_as_it_goes_equal_the_stored_ones():
+    torch.manual_seed(0)
+    teacher = tiny_vit(patch_size=4).eval()
+    x = torch.randn(3, 3, 16, 16)
+    loss_fn = irkd.IRKDLoss(teacher, gamma=0.8, saliency="attn")
+    logits, t_maps = loss_fn.teacher_saliency(x, torch.tensor([1, 2, 3]))
+    with torch.no_grad():
+        want_logits, attentions = teacher(x, return_attn=True)
+    assert torch.equal(logits, want_logits)
+    assert torch.equal(t_maps, irkd.cls_attention_maps(attentions, num_prefix=1))
