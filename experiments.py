@@ -261,9 +261,11 @@ def finished(cfg: irkd.Config) -> bool:
 def check_before_work(cfgs: list[irkd.Config], data: dict) -> None:
     """The checks that need the data, before any teacher or student trains: the data sizes
     and the run directories (a finished run is never overwritten)."""
+    sizes = {(c.train_size, c.val_size, c.test_size, c.batch_size) for c in cfgs}
+    for train_size, val_size, test_size, batch_size in sorted(sizes):   # each split once
+        data_lib.prepare(data, train_size=train_size, val_size=val_size, test_size=test_size,
+                         batch_size=batch_size)
     for cfg in cfgs:
-        data_lib.prepare(data, train_size=cfg.train_size, val_size=cfg.val_size,
-                         test_size=cfg.test_size, batch_size=cfg.batch_size)
         runs.check_run_dir(cfg)
 
 
