@@ -52,8 +52,9 @@ def teacher_config(patch_size: int = 4, *, quick: bool = False,
         sal=False, epochs=base.teacher_epochs, lr=4e-4, weight_decay=2e-4, schedule="onecycle",
         warmup_epochs=max(1, base.teacher_epochs // 13), label_smoothing=0.01, mixup=True,
         dropout=0.0, fresh_optimizer=True, teacher="", quick=quick, test_epochs=(),
-        # nothing of the student's own protocol (its augmentation, selection, curriculum form)
-        augment="crop_flip", resize_mode="resize", select="last", patience=0)
+        # nothing of the student's own protocol (its augmentation, selection, curriculum form),
+        # and whole-batch steps: a cached teacher is the same whichever student asked for it
+        augment="crop_flip", resize_mode="resize", select="last", patience=0, micro_batch=0)
     if base.teacher_recipe == "original":
         # the notebooks' patch-4 teacher (P_4_ALL): OneCycle with its peak at 60 % of the run,
         # dropout 0.1, and the best validation epoch's weights. No per-image augmentation, only

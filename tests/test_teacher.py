@@ -66,6 +66,14 @@ def test_teacher_config_recipe():
 # Oracle: P_4_ALL.ipynb cell 5 (Soobiwan/IRKD 0a27c9f), read by hand: its teacher's train Subset
 # read the dataset whose transform had been set to val_tf (ToTensor + Normalize), so it trained
 # on mixup/cutmix alone; OneCycle peak at 0.6 of 135 epochs, dropout 0.1, best-val weights.
+# The student's memory setting does not reach its teacher: the quick p4 teacher must be the
+# same whether exp1a (whole batches) or small_p4_all (chunks of 16) trained it first.
+def test_teacher_steps_are_never_chunked():
+    for quick in (False, True):
+        t = teacher_lib.teacher_config(4, quick=quick, base=irkd.Config(micro_batch=16))
+        assert t.micro_batch == 0
+
+
 def test_teacher_config_original_recipe():
     default = teacher_lib.teacher_config(4)
     orig = teacher_lib.teacher_config(4, base=irkd.Config(teacher_recipe="original"))
