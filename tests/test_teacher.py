@@ -74,6 +74,13 @@ def test_teacher_steps_are_never_chunked():
         assert t.micro_batch == 0
 
 
+# Both recipes share the quick teacher's cached file, so they must train the same teacher.
+def test_quick_teacher_is_the_same_for_both_recipes():
+    default, orig = (teacher_lib.teacher_config(4, quick=True, base=irkd.Config(teacher_recipe=r))
+                     for r in ("default", "original"))
+    assert dataclasses.replace(orig, teacher_recipe="default") == default
+
+
 def test_teacher_config_original_recipe():
     default = teacher_lib.teacher_config(4)
     orig = teacher_lib.teacher_config(4, base=irkd.Config(teacher_recipe="original"))
