@@ -417,7 +417,8 @@ COMPARISONS = [
 # column (CE 66.85, CL 74.89, KD 76.70, KD+CL 77.12, KD+CL+Sal 78.72), the column this study's
 # student is. The verdict rule, fixed before the runs: over >= 2 seeds, "holds" when the 95 %
 # interval of the paired difference lies above 0, "does not hold" when it lies below 0 or
-# entirely below a fifth of the paper's size (where it gives one), else "not resolved at this power".
+# entirely below a fifth of the paper's size (where it gives one), else "not resolved at
+# this power".
 CLAIMS = [
     ("the curriculum beats plain training (CL > CE)", "CL - CE, equal epochs", 74.89 - 66.85),
     # the paper claims the curriculum saves compute but gives no timing figure (ORIGINAL.md)
