@@ -415,7 +415,8 @@ COMPARISONS = [
 ]
 # The paper's claims, each one comparison above; its size in the paper is Table 1's custom
 # column (CE 66.85, CL 74.89, KD 76.70, KD+CL 77.12, KD+CL+Sal 78.72), the column this study's
-# student is. The verdict rule, fixed before the runs: over >= 2 seeds, "holds" when the 95 %
+# student is. The verdict rule (written when seed 0 of five arms had finished and no other seed
+# had run; the primary number was fixed before any run): over >= 2 seeds, "holds" when the 95 %
 # interval of the paired difference lies above 0, "does not hold" when it lies below 0 or
 # entirely below a fifth of the paper's size (where it gives one), else "not resolved at
 # this power".
