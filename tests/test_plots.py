@@ -270,3 +270,17 @@ def test_bad_arguments(tmp_path, capsys):
 ])
 def test_make_command(run_dir, command):
     assert plots.make_command(run_dir) == command
+
+
+# Oracle: the cost worked by hand. A KD curriculum (patch 4, two prefix tokens): epochs at 12,
+# 12 and 32 px cost 11/66, 11/66 and 66/66 of a 32-px epoch; tested after epochs 1 and 3.
+def test_efficiency_points_count_compute_by_tokens():
+    run = dict(config=dict(patch_size=4, kd=True, cl=True),
+               log=[dict(res=12, epoch=1, seconds=2.0), dict(res=12, epoch=2, seconds=2.0),
+                    dict(res=32, epoch=3, seconds=5.0)],
+               results=dict(at_epoch={"1": {"cls": 30.0}, "3": {"cls": 50.0}},
+                            heads_last={"cls": {"32": 50.0}}, heads={}))
+    points = plots.efficiency_points(run)
+    want = [(2.0, 11 / 66, 30.0), (9.0, 2 * 11 / 66 + 1, 50.0), (9.0, 2 * 11 / 66 + 1, 50.0)]
+    for got, exp in zip(points, want, strict=True):
+        assert got == pytest.approx(exp)
