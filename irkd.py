@@ -994,14 +994,19 @@ def main_head(heads: dict, wanted: str = "avg") -> str:
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, res: int,
-            batch_size: int = 500) -> dict[str, torch.Tensor]:
+            batch_size: int = 0) -> dict[str, torch.Tensor]:
     """Predicted classes at resolution `res` -> {"cls": (N,)}, or {"cls", "dist", "avg"}.
 
     The images go through the same normalise + antialiased resize as in training. "avg"
     is the argmax of the sum of the two heads' softmax probabilities. (DeiT's code averages
     the logits instead; the two can differ where one head is far more confident.)
     """
-    # N images in batches of B = batch_size, C classes
+    # N images in batches of B = batch_size, C classes. By default B is sized by tokens: 500
+    # images up to 66 tokens (patch 4 at 32 px), fewer above, so that a patch-2 model's
+    # activations (258 tokens) stay near a patch-4 model's (docs/speed.md, Memory)
+    if not batch_size:
+        tokens = (res // model.patch_size) ** 2 + model.num_prefix
+        batch_size = max(1, min(500, 33_000 // tokens))
     was_training = model.training
     model.eval()                               # no dropout; the caller's mode is restored below
     preds: dict[str, list[torch.Tensor]] = {}
@@ -1028,7 +1033,7 @@ def accuracy(preds: dict[str, torch.Tensor], y: torch.Tensor) -> dict[str, float
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, res: int,
-             batch_size: int = 500) -> dict:
+             batch_size: int = 0) -> dict:
     """Top-1 accuracy (%) at resolution `res` -> {"cls": ..} or {"cls", "dist", "avg"}."""
     return accuracy(predict(model, x, res, batch_size), y)
 

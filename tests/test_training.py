@@ -513,3 +513,16 @@ def test_one_chunk_is_the_plain_step(tmp_path, train_data):
     a, b = (torch.load(tmp_path / str(m) / "t" / "model.pt", weights_only=True)["model"]
             for m in (0, 1000))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# Evaluation batches are sized by tokens: 500 images up to 66 tokens, 33,000 // tokens above
+# (a patch-2 model at 32 px: 257 tokens -> 128 images), with the same predictions as any batch.
+def test_predict_sizes_its_batches_by_tokens():
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8)
+    for patch, res, calls in ((2, 32, 3), (4, 32, 1), (2, 16, 1)):
+        model, seen = tiny_vit(patch), []
+        model.register_forward_pre_hook(lambda m, args: seen.append(len(args[0])))
+        preds = irkd.predict(model, x, res)
+        assert len(seen) == calls, (patch, res, seen)
+        assert torch.equal(preds["cls"], irkd.predict(model, x, res, batch_size=7)["cls"])
