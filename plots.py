@@ -14,7 +14,9 @@ and across all of them (runs that have results.json only):
     resolution.png      test accuracy at every input resolution 12..32          (plot_resolution)
     table.png           paper Table 1 vs this code, one bar pair per cell       (plot_table)
 
-Runs that share a name (one experiment from two checkouts) are told apart by the nearest
+resolution.png and efficiency.png draw the seeds of one arm (NAME, NAME-seed1, ...) as one
+line, their mean, with a band from the lowest to the highest seed. Runs that share a name
+(one experiment from two checkouts) are told apart by the nearest
 parent folder that differs: curves_exp1b_base.png, "exp1b [base]" in legends and labels.
 
 --out defaults to a `figures/` folder beside the first run directory
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import textwrap
 
@@ -208,6 +211,31 @@ def run_labels(runs: list[dict]) -> list[str]:
     return labels
 
 
+def seed_groups(runs: list[dict]) -> list[tuple[str, list[dict]]]:
+    """Runs grouped by arm, in order of first appearance: NAME and NAME-seedN
+    (experiments.seeded) in one folder are one arm, which the cross-run figures draw as the
+    mean over its seeds with a min-max band. Label: the arm's name (with run_labels' folder
+    tag for runs that share a name)."""
+    groups: dict[tuple, tuple[str, list[dict]]] = {}
+    for run, label in zip(runs, run_labels(runs)):
+        base = re.sub(r"-seed\d+$", "", run["name"])
+        key = (base, os.path.dirname(os.path.abspath(run["dir"])))
+        groups.setdefault(key, (re.sub(r"-seed\d+", "", label), []))[1].append(run)
+    return list(groups.values())
+
+
+def seed_note(runs: list[dict]) -> str:
+    """What a legend says of an arm's line: '' for one run, else how many seeds it averages."""
+    return "" if len(runs) == 1 else f"mean of {len(runs)} seeds, band: min-max"
+
+
+def seed_band(series: list[list[float]]) -> tuple[list[float], list[float], list[float]]:
+    """Per position over the seeds' series (equal lengths): (mean, min, max)."""
+    columns = list(zip(*series, strict=True))
+    return ([sum(c) / len(c) for c in columns], [min(c) for c in columns],
+            [max(c) for c in columns])
+
+
 # =============================================================================
 # Figure 1: training curves
 # =============================================================================
@@ -310,32 +338,39 @@ def plot_resolution(run_dirs: list[str], out_path: str) -> str:
 
     This is the method's point: the curriculum should keep a student accurate on
     inputs below 32 px, where a model trained at 32 px only is expected to fall off.
+    The seeds of one arm are one line (seed_groups): their mean, with a min-max band.
     Every line has its own colour / grey, marker and (teachers) dash; with more than six
     runs the figure grows, and the legend is outside the axes, right.
     """
     runs = [r for r in map(load_run, run_dirs) if r["results"] is not None]
     if not runs:
         raise RunError("no run has a results.json yet: nothing to plot accuracy vs resolution from")
-    many = len(runs) > 6
+    groups = seed_groups(runs)
+    many = len(groups) > 6
     fig = Figure(figsize=(10, 5.2) if many else (8, 4), dpi=DPI)
     ax = fig.subplots()
     students = teachers = 0
     drawn = {}   # values -> label: a line drawn exactly over an earlier one says so
-    for run, label in zip(runs, run_labels(runs)):
-        res = run["results"]
-        by_res = sorted((int(k), v) for k, v in res["test_acc_by_res"].items())
-        head = f"{label} ({res.get('test_head', 'cls')} head)"
-        if tuple(by_res) in drawn:
-            head += f"\n  same values as {drawn[tuple(by_res)]}, drawn over it"
-        drawn.setdefault(tuple(by_res), label)
-        if is_teacher(run):
+    for label, rs in groups:
+        # the resolutions every seed was tested at, and the mean / min / max over seeds
+        accs = [r["results"]["test_acc_by_res"] for r in rs]
+        xs = sorted(set.intersection(*(set(map(int, a)) for a in accs)))
+        mean, lo, hi = seed_band([[a[str(x)] for x in xs] for a in accs])
+        notes = [f"{rs[0]['results'].get('test_head', 'cls')} head", seed_note(rs)]
+        head = f"{label} ({'; '.join(n for n in notes if n)})"
+        if tuple(mean) in drawn:
+            head += f"\n  same values as {drawn[tuple(mean)]}, drawn over it"
+        drawn.setdefault(tuple(mean), label)
+        if is_teacher(rs[0]):
             style = dict(TEACHER_STYLES[teachers % len(TEACHER_STYLES)], zorder=2)
             teachers += 1
         else:
             style = dict(color=f"C{students % 10}",
                          marker=STUDENT_MARKERS[students % len(STUDENT_MARKERS)], zorder=3)
             students += 1
-        ax.plot(*zip(*by_res), ms=6, lw=1.4, label=head, **style)
+        line, = ax.plot(xs, mean, ms=6, lw=1.4, label=head, **style)
+        if len(rs) > 1:
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
     ax.set_xticks(irkd.RESOLUTIONS)
     ax.set_xlabel("test image resolution (px; 32 = native CIFAR-10)")
     ax.set_ylabel("top-1 test accuracy (%)")
@@ -348,7 +383,7 @@ def plot_resolution(run_dirs: list[str], out_path: str) -> str:
     ax.set_title(title, fontsize=10)
     # Outside the axes, right: the lines can cross anywhere.
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
-              ncols=2 if len(runs) > 16 else 1, handlelength=3)
+              ncols=2 if len(groups) > 16 else 1, handlelength=3)
     fig.savefig(out_path, dpi=DPI, bbox_inches="tight")
     return out_path
 
@@ -376,7 +411,8 @@ def efficiency_points(run: dict) -> list[tuple[float, float, float]]:
 
 def plot_efficiency(run_dirs: list[str], out_path: str) -> str:
     """Test accuracy (cls head, 32 px) against cumulative compute (32-px epoch equivalents, by
-    token count) and against cumulative training seconds, one line per run.
+    token count) and against cumulative training seconds, one line per arm (seed_groups: the
+    mean over its seeds, with a min-max band).
 
     The curriculum's claim is efficiency: at equal training cost, is it ahead? Compute is
     the machine-independent measure; seconds are what a user waits, but runs that shared a
@@ -387,12 +423,24 @@ def plot_efficiency(run_dirs: list[str], out_path: str) -> str:
         raise RunError("no run tested after its epochs (test_epochs): nothing to plot")
     fig = Figure(figsize=(12, 4), dpi=DPI)
     by_compute, by_time = fig.subplots(1, 2, sharey=True)
-    for i, run in enumerate(runs):
-        seconds, compute, acc = zip(*efficiency_points(run))
-        style = dict(marker="o", ms=3, color=f"C{i % 10}",
-                     ls="-" if run["config"].get("cl") else "--", label=run["name"])
-        by_compute.plot(compute, acc, **style)
-        by_time.plot([v / 60 for v in seconds], acc, **style)
+    i = 0
+    for label, rs in seed_groups(runs):
+        points = [efficiency_points(r) for r in rs]
+        # seeds tested after the same epochs share their compute: one line, mean and band;
+        # otherwise (different test_epochs) every seed is a line of its own
+        arms = ([(f"{label} ({seed_note(rs)})" if len(rs) > 1 else label, points)]
+                if len({len(p) for p in points}) == 1
+                else [(r["name"], [p]) for r, p in zip(rs, points)])
+        for name, pts in arms:
+            (seconds, _, _), (compute, _, _), (acc, lo, hi) = (
+                seed_band([[p[k] for p in run_pts] for run_pts in pts]) for k in range(3))
+            style = dict(marker="o", ms=3, color=f"C{i % 10}",
+                         ls="-" if rs[0]["config"].get("cl") else "--", label=name)
+            i += 1
+            for ax, xs in ((by_compute, compute), (by_time, [v / 60 for v in seconds])):
+                ax.plot(xs, acc, **style)
+                if len(pts) > 1:
+                    ax.fill_between(xs, lo, hi, color=style["color"], alpha=0.15, lw=0)
     by_compute.set_xlabel("cumulative compute (32-px epochs, by token count)")
     by_time.set_xlabel("cumulative training time (min; steps only; a shared machine)")
     by_compute.set_ylabel("top-1 test accuracy at 32 px (%, cls head)")

@@ -284,3 +284,24 @@ def test_efficiency_points_count_compute_by_tokens():
     want = [(2.0, 11 / 66, 30.0), (9.0, 2 * 11 / 66 + 1, 50.0), (9.0, 2 * 11 / 66 + 1, 50.0)]
     for got, exp in zip(points, want, strict=True):
         assert got == pytest.approx(exp)
+
+
+# Oracle: the grouping and the band worked by hand. Two seeds of study_kd (NAME and NAME-seed1,
+# as experiments.seeded names them) are one arm; study_ce stays alone.
+def test_seeds_of_one_arm_are_one_line_with_a_band(tmp_path):
+    dirs = [make_run(tmp_path, n) for n in ("study_kd", "study_ce", "study_kd-seed1")]
+    for d, acc in zip(dirs, (60.0, 50.0, 64.0)):
+        results = json.loads((d / "results.json").read_text())
+        results["test_acc_by_res"] = {"16": acc - 10, "32": acc}
+        results["at_epoch"] = {"2": {"cls": acc - 20}}
+        results["heads_last"] = {"cls": {"32": acc}}
+        write_json(d / "results.json", results)
+    groups = plots.seed_groups([plots.load_run(str(d)) for d in dirs])
+    assert [(label, [r["name"] for r in rs]) for label, rs in groups] == [
+        ("study_kd", ["study_kd", "study_kd-seed1"]),
+        ("study_ce", ["study_ce"])]
+    assert plots.seed_note(groups[0][1]) == "mean of 2 seeds, band: min-max"
+    assert plots.seed_band([[50.0, 60.0], [54.0, 64.0]]) == ([52.0, 62.0], [50.0, 60.0],
+                                                            [54.0, 64.0])
+    assert_png(plots.plot_resolution([str(d) for d in dirs], str(tmp_path / "res.png")))
+    assert_png(plots.plot_efficiency([str(d) for d in dirs], str(tmp_path / "eff.png")))
