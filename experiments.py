@@ -528,7 +528,28 @@ def study_report(out: str = "results/study") -> str:
                      f"{statistics.mean(r['a'] for r in rows):.2f} | "
                      f"{statistics.mean(r['b'] for r in rows):.2f} | "
                      f"{mean:+.2f} | {ci} | {', '.join(format(r['p'], '.2g') for r in rows)} |")
-    return "\n".join(lines + ["", claims_table(out)])
+    return "\n".join(lines + ["", by_resolution_table(groups), "", claims_table(out)])
+
+
+def by_resolution_table(groups: dict[str, list[dict]]) -> str:
+    """Secondary (no verdicts): each last-vs-last comparison at every test resolution, the
+    mean paired difference over seeds (cls head, final weights), from the results files: does
+    an arm's gain or loss at 32 px hold below 32 px, where the curriculum should help most?"""
+    res = [str(r) for r in irkd.RESOLUTIONS]
+    lines = ["| A - B at every resolution (secondary, cls head) | seeds | "
+             + " | ".join(f"{r} px" for r in res) + " |", "|---|---|" + "---:|" * len(res)]
+    for what, a, at_a, b, at_b in COMPARISONS:
+        if (at_a, at_b) != ("last", "last"):
+            continue
+        # per seed: {resolution: accuracy} of the final weights' cls head
+        acc_a, acc_b = ({r["seed"]: r.get("heads_last", r["heads"])["cls"]
+                         for r in groups.get(arm, [])} for arm in (a, b))
+        seeds = sorted(acc_a.keys() & acc_b.keys())
+        if seeds:
+            lines.append(f"| {what} | {','.join(map(str, seeds))} | " + " | ".join(
+                f"{statistics.mean(acc_a[s][x] - acc_b[s][x] for s in seeds):+.2f}"
+                for x in res) + " |")
+    return "\n".join(lines)
 
 
 README_MARKERS = ("<!-- study-status -->", "<!-- /study-status -->")

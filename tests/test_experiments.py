@@ -198,6 +198,9 @@ def test_study_report_pairs_by_seed(tmp_path):
     # the claims table reuses the comparison: KD > CE, interval across 0, half-width 127 points
     claim = next(line for line in text.splitlines() if line.startswith("| distillation beats"))
     assert "| +9.85 | +30.00 | [-97.06, +157.06] | 0,1 | not resolved at this power" in claim
+    # every resolution: fake_study_run gives each the same accuracy, so +30.00 at all six
+    row = [line for line in text.splitlines() if line.startswith("| KD - CE |")]
+    assert row == ["| KD - CE | 0,1 | " + " | ".join(["+30.00"] * 6) + " |"]
 
 
 # Oracle: the rule written above CLAIMS, worked by hand on chosen differences.
