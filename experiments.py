@@ -244,12 +244,17 @@ def configs_for(name: str, overrides: dict) -> list[irkd.Config]:
     return cfgs
 
 
+def arm_name(name: str) -> str:
+    """The run name without its seed suffix: "study_kd-seed2" -> "study_kd" (see seeded)."""
+    return re.sub(r"-seed\d+$", "", name)
+
+
 def seeded(cfg: irkd.Config, seed: int) -> irkd.Config:
     """The config for one seed: seed 0 keeps NAME, any other seed runs in NAME-seedN, so that
     repeats never share (or overwrite) a directory. A teacher is trained once, with its own seed."""
     if cfg.name.startswith("teacher_") or seed == 0:
         return dataclasses.replace(cfg, seed=seed) if not cfg.name.startswith("teacher_") else cfg
-    base = re.sub(r"-seed\d+$", "", cfg.name)
+    base = arm_name(cfg.name)
     return dataclasses.replace(cfg, name=f"{base}-seed{seed}", seed=seed)
 
 
@@ -299,7 +304,7 @@ def collect(out: str = "runs") -> dict[str, list[dict]]:
             r = json.load(f)
         # by directory (a link to another run's directory counts as that run), not by the
         # name inside
-        base = re.sub(r"-seed\d+$", "", os.path.basename(os.path.realpath(os.path.dirname(path))))
+        base = arm_name(os.path.basename(os.path.realpath(os.path.dirname(path))))
         key = f"{base} (quick)" if r.get("quick") else base
         groups.setdefault(key, {})[r["seed"]] = r   # one result per seed
     return {k: list(v.values()) for k, v in groups.items()}
@@ -520,10 +525,7 @@ def study_report(out: str = "results/study") -> str:
             lines.append(f"| {what} | – | | | | not run yet | |")
             continue
         diffs = [r["a"] - r["b"] for r in rows]
-        n, mean = len(diffs), statistics.mean(diffs)
-        ci = (f"[{mean - T975[n - 2] * statistics.stdev(diffs) / math.sqrt(n):+.2f}, "
-              f"{mean + T975[n - 2] * statistics.stdev(diffs) / math.sqrt(n):+.2f}]"
-              if 2 <= n <= len(T975) + 1 else "one seed: none")
+        mean, ci = statistics.mean(diffs), verdict(diffs, None)[0]   # the claims' interval
         lines.append(f"| {what} ({at_a} vs {at_b}) | {','.join(str(r['seed']) for r in rows)} | "
                      f"{statistics.mean(r['a'] for r in rows):.2f} | "
                      f"{statistics.mean(r['b'] for r in rows):.2f} | "

@@ -218,8 +218,7 @@ def seed_groups(runs: list[dict]) -> list[tuple[str, list[dict]]]:
     tag for runs that share a name)."""
     groups: dict[tuple, tuple[str, list[dict]]] = {}
     for run, label in zip(runs, run_labels(runs)):
-        base = re.sub(r"-seed\d+$", "", run["name"])
-        key = (base, os.path.dirname(os.path.abspath(run["dir"])))
+        key = (experiments.arm_name(run["name"]), os.path.dirname(os.path.abspath(run["dir"])))
         groups.setdefault(key, (re.sub(r"-seed\d+", "", label), []))[1].append(run)
     return list(groups.values())
 
