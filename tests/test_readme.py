@@ -6,6 +6,8 @@ must exist.
 - Every relative link from README.md into docs/ must point to an existing file.
 - The study block (between the study-status markers) equals what experiments.study_status
   computes from the committed results/study/ files.
+- The hand-written prose about the study (the headline, "What the seeds say") quotes only
+  differences and intervals that the generated block shows.
 """
 from __future__ import annotations
 
@@ -75,3 +77,38 @@ def test_study_block_is_generated_from_the_committed_runs(monkeypatch):
     start, end = (text.index(m) for m in experiments.README_MARKERS)
     block = text[start + len(experiments.README_MARKERS[0]):end].strip()
     assert block == experiments.study_status("results/study").strip()
+
+
+# The prose around the study (the headline at the top, "What the seeds say") is written by hand;
+# its differences and intervals must still be the ones the generated block shows, so a landing
+# that moves a number fails here until the prose is updated.
+def signed_numbers(text: str) -> set[str]:
+    return set(re.findall(r"[+-]\d+\.\d\d", text.replace("−", "-")))
+
+
+def intervals(text: str) -> set[str]:
+    flat = re.sub(r"\s+", " ", text.replace("−", "-"))  # an interval may wrap a line
+    return set(re.findall(r"\[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]", flat))
+
+
+def test_study_prose_quotes_the_generated_block():
+    import experiments
+    text = read_readme()
+    start, end = (text.index(m) for m in experiments.README_MARKERS)
+    block = text[start:end]
+    headline = re.search(r"^\*\*What holds up\*\*(.*?)^$", text, re.M | re.S)
+    assert headline, "README.md lost its 'What holds up' headline paragraph"
+    numbers = signed_numbers(headline.group(1))
+    assert len(numbers) >= 4, numbers
+    assert numbers <= signed_numbers(block), numbers - signed_numbers(block)
+    seeds_say = re.search(r"^\*\*What the seeds say(.*?)^Figures from", text, re.M | re.S)
+    assert seeds_say, "README.md lost 'What the seeds say'"
+    quoted = intervals(seeds_say.group(1))
+    assert len(quoted) >= 5, quoted
+    assert quoted <= intervals(block), quoted - intervals(block)
+
+
+def test_signed_numbers_and_intervals_are_parsed_as_written():
+    assert signed_numbers("by +2.93 (−0.21, paper +9.85) ±1.5") == {"+2.93", "-0.21", "+9.85"}
+    assert intervals("KD − CE: +2.93 [+1.48, +4.39], [−1.06,\n  +1.91]") == {
+        "[+1.48, +4.39]", "[-1.06, +1.91]"}
