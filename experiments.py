@@ -498,6 +498,12 @@ def paired(out: str, a: str, at_a: str, b: str, at_b: str, head: str = "cls") ->
     return sorted(rows, key=lambda r: r["seed"])
 
 
+def final_heads(r: dict) -> dict:
+    """A result's test accuracies {head: {res: %}} of the final weights (the primary number);
+    results written before best-validation selection existed hold only "heads", the final ones."""
+    return r.get("heads_last", r["heads"])
+
+
 def study_report(out: str = "results/study") -> str:
     """Every study arm (mean ± std over seeds), then each comparison: the mean paired
     difference with its 95 % t-interval over seeds and the per-seed McNemar p."""
@@ -508,7 +514,7 @@ def study_report(out: str = "results/study") -> str:
              "|---|---|---:|---:|---:|" + "---:|" * len(res) + "---:|---|"]
     for name in [n for n in [STUDY_TEACHER.name, *STUDY_ARMS] if n in groups]:
         rs = sorted(groups[name], key=lambda r: r["seed"])
-        last = [r.get("heads_last", r["heads"]) for r in rs]
+        last = [final_heads(r) for r in rs]
         avg = [h["avg"]["32"] for h in last if "avg" in h]
         best = [r.get("heads_best", r["heads"])["cls"]["32"] for r in rs]
         lines.append("| " + " | ".join([
@@ -544,7 +550,7 @@ def by_resolution_table(groups: dict[str, list[dict]]) -> str:
         if (at_a, at_b) != ("last", "last"):
             continue
         # per seed: {resolution: accuracy} of the final weights' cls head
-        acc_a, acc_b = ({r["seed"]: r.get("heads_last", r["heads"])["cls"]
+        acc_a, acc_b = ({r["seed"]: final_heads(r)["cls"]
                          for r in groups.get(arm, [])} for arm in (a, b))
         seeds = sorted(acc_a.keys() & acc_b.keys())
         if seeds:

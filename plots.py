@@ -404,7 +404,7 @@ def efficiency_points(run: dict) -> list[tuple[float, float, float]]:
         c += tokens(row["res"]) / tokens(32)
         if str(row["epoch"]) in at_epoch:
             points.append((t, c, at_epoch[str(row["epoch"])]["cls"]))
-    last = run["results"].get("heads_last", run["results"]["heads"])["cls"]["32"]
+    last = experiments.final_heads(run["results"])["cls"]["32"]
     return points + [(t, c, last)]
 
 

@@ -70,13 +70,17 @@ def test_links_into_docs_exist():
 
 # The README's study block is the report of the committed runs, not numbers copied by hand:
 # after a run lands in results/study, `python experiments.py report --readme` rewrites it.
+def study_block(text: str) -> str:
+    """What lies between the README's study-status markers."""
+    import experiments
+    start, end = (text.index(m) for m in experiments.README_MARKERS)
+    return text[start + len(experiments.README_MARKERS[0]):end].strip()
+
+
 def test_study_block_is_generated_from_the_committed_runs(monkeypatch):
     import experiments
     monkeypatch.chdir(ROOT)                   # the block names the folder as the README does
-    text = read_readme()
-    start, end = (text.index(m) for m in experiments.README_MARKERS)
-    block = text[start + len(experiments.README_MARKERS[0]):end].strip()
-    assert block == experiments.study_status("results/study").strip()
+    assert study_block(read_readme()) == experiments.study_status("results/study").strip()
 
 
 # The prose around the study (the headline at the top, "What the seeds say") is written by hand;
@@ -92,10 +96,8 @@ def intervals(text: str) -> set[str]:
 
 
 def test_study_prose_quotes_the_generated_block():
-    import experiments
     text = read_readme()
-    start, end = (text.index(m) for m in experiments.README_MARKERS)
-    block = text[start:end]
+    block = study_block(text)
     headline = re.search(r"^\*\*What holds up\*\*(.*?)^$", text, re.M | re.S)
     assert headline, "README.md lost its 'What holds up' headline paragraph"
     numbers = signed_numbers(headline.group(1))
