@@ -452,7 +452,7 @@ def run(opts: dict) -> dict:
     if kd_modes:
         teacher = (irkd.build_model(TEACHER_PRESET, patch_size=patch).to(device).eval()
                    .requires_grad_(False))
-        teacher = maybe_compile(teacher, opts, device)
+        bare_teacher = maybe_compile(teacher, opts, device)           # timed alone below
     t_res = (lambda r: 32) if teacher_res == "full" else (lambda r: r)   # the teacher's input size
     # Ready-made inputs for the bare pieces (student and teacher), at every size they see.
     fixed = {r: data_lib.resize(data_lib.normalize(data["x"][:B]), r)
@@ -466,7 +466,7 @@ def run(opts: dict) -> dict:
             times = {a: [] for a in attn_flags}
             for i in range(warmup + opts["teacher_steps"]):
                 for a in attn_flags:
-                    t = timer(lambda: teacher_forward(teacher, fixed[r], a, autocast),
+                    t = timer(lambda: teacher_forward(bare_teacher, fixed[r], a, autocast),
                               retry=i >= warmup)
                     if i >= warmup:
                         times[a].append(t)
@@ -494,6 +494,9 @@ def run(opts: dict) -> dict:
             loss_fn = irkd.IRKDLoss(teacher if kd else None, alpha=cfg.alpha,
                                     temperature=cfg.temperature,
                                     gamma=cfg.gamma if mode == "KD+Sal" else 0.0)
+            # the teacher's forward that runs (logits, or logits and rollout), as build() does
+            loss_fn.teacher_forward = (maybe_compile(loss_fn.teacher_forward, opts, device)
+                                       if kd else None)
             cells[mode] = Cell(model, loss_fn, opt, mode,
                                cuda_graphs=opts["compile"] and device.type == "cuda")
         for cell in cells.values():

@@ -9,8 +9,8 @@
     auto_augment      AutoAugment's CIFAR-10 policy (the replay of the original p2 KD cell)
 
 The whole dataset lives on the device as uint8; batches are augmented with tensor ops,
-so no DataLoader workers are needed (cifar10-airbench's approach). Imports nothing of
-the project.
+so no DataLoader workers are needed (cifar10-airbench's approach). Imports only irkd (the
+normalisation and the resize, which evaluation shares with training).
 """
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# the method's own view of an image (normalise, antialiased resize) and its resolutions
+from irkd import MEAN, RESOLUTIONS, STD, normalize, resize  # noqa: F401 (re-exported)
+
 # =============================================================================
 # Loading
 # =============================================================================
@@ -37,9 +40,6 @@ CIFAR_DIR = "cifar-10-batches-py"
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_FILE = "test_batch"
 CIFAR_MEMBERS = TRAIN_FILES + [TEST_FILE, "batches.meta", "readme.html"]
-MEAN = (0.4914, 0.4822, 0.4465)
-STD = (0.2023, 0.1994, 0.2010)
-RESOLUTIONS = (12, 16, 20, 24, 28, 32)  # the curriculum, and every evaluation
 
 
 class DataError(OSError):
@@ -154,8 +154,6 @@ def split_train_val(x: torch.Tensor, y: torch.Tensor, val_size: int = 5000, seed
     return x[train], y[train], x[val], y[val]
 
 
-_MEAN_STD: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-
 def prepare(data: dict, *, train_size: int = 0, val_size: int = 0, test_size: int = 0,
             batch_size: int = 128, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """The paper's split, optional subsets (0 = everything), every tensor moved to `device` once."""
@@ -172,32 +170,8 @@ def prepare(data: dict, *, train_size: int = 0, val_size: int = 0, test_size: in
 
 
 # =============================================================================
-# Views: normalise, crop + flip, resize
+# Views: crop + flip, then irkd's normalise and resize
 # =============================================================================
-
-
-
-def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (1, 3, 1, 1) mean and std on `device`, made once: building them from Python
-    lists every step is a blocking host-to-device copy on CUDA (and illegal in a CUDA graph)."""
-    if device not in _MEAN_STD:
-        _MEAN_STD[device] = (torch.tensor(MEAN, device=device).view(1, 3, 1, 1),
-                             torch.tensor(STD, device=device).view(1, 3, 1, 1))
-    return _MEAN_STD[device]
-
-
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) or float in [0, 1] -> float32, standardised by CIFAR-10's mean, std."""
-    mean, std = _mean_std(x.device)
-    return ((x.float() / 255.0 if x.dtype == torch.uint8 else x) - mean) / std
-
-
-def resize(x: torch.Tensor, res: int) -> torch.Tensor:
-    """The one resize used in training and evaluation: antialiased bilinear, float input."""
-    if x.shape[-1] == res and x.shape[-2] == res:
-        return x
-    return F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False, antialias=True)
-
 
 def random_crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor,
                      size: int = 32, pad: int = 4) -> torch.Tensor:

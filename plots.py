@@ -4,7 +4,7 @@
 
     python plots.py runs/quick/exp1b runs/quick/exp1a runs/quick/teacher_quick_p4 --out docs/figures
 
-For every run directory (written by irkd.train, see its docstring):
+For every run directory (written by train.train, see its docstring):
 
     curves_NAME.png     accuracy and loss terms per epoch, stages marked        (plot_curves)
     saliency_NAME.png   teacher / student attention-rollout maps per stage end  (plot_saliency)
@@ -47,9 +47,10 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 
-import experiments
 import data as data_lib
+import experiments
 import irkd
+import study
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 DPI = 100
@@ -123,7 +124,7 @@ def read_log(path: str, run_dir: str, quick: bool | None) -> list[dict]:
         missing = [k for k in ("epoch", "train_acc", "val_acc", "loss") if k not in row]
         if missing:
             raise RunError(f"{path} line {i} lacks {', '.join(missing)}: "
-                           f"it was not written by irkd.train")
+                           f"it was not written by train.train")
         rows.append(row)
     if not rows:
         raise RunError(f"{path} has no finished epoch yet: wait for the first epoch of "
@@ -404,7 +405,7 @@ def efficiency_points(run: dict) -> list[tuple[float, float, float]]:
         c += tokens(row["res"]) / tokens(32)
         if str(row["epoch"]) in at_epoch:
             points.append((t, c, at_epoch[str(row["epoch"])]["cls"]))
-    last = experiments.final_heads(run["results"])["cls"]["32"]
+    last = study.final_heads(run["results"])["cls"]["32"]
     return points + [(t, c, last)]
 
 

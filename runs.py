@@ -1,5 +1,6 @@
 """A run's bookkeeping: the device, runs/NAME/ and its files, resume, progress, results, the CLI.
 
+    RunOptions      where and how a run runs: data, sizes, seed, device, output, resume, memory
     setup_device    validate the device name; TF32 on CUDA, the allocator on a CPU
     compile_model   torch.compile for training (CUDA graphs on CUDA)
     Run             runs/NAME/: config.json, log.jsonl, checkpoint.pt, saliency.pt,
@@ -7,7 +8,7 @@
     parse_overrides the --field=value command line shared by experiments.py and teacher.py
     guarded         Ctrl-C and known failures -> a message and an exit status
 
-irkd.train() calls a Run to record what happens; the Run never calls back into the
+train.train() calls a Run to record what happens; the Run never calls back into the
 method. Imports nothing of the project.
 """
 from __future__ import annotations
@@ -27,6 +28,37 @@ import time
 
 import torch
 from tqdm import tqdm
+
+# =============================================================================
+# A run's options (train.RunConfig adds them to the method's irkd.Config)
+# =============================================================================
+
+def option(default, valid: str | None = None):
+    """A field with its valid range stated once, as irkd.spec() states it ("[0, inf)")."""
+    return dataclasses.field(default=default, metadata={} if valid is None else {"valid": valid})
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """Where and how a run runs; none of it changes what the method computes (but the seed and
+    the data sizes)."""
+    name: str = "run"
+    data: str = "data"                 # the directory that holds (or gets) cifar-10-batches-py/
+    train_size: int = option(0, "[0, inf)")   # 0 = all 45,000 training images
+    val_size: int = option(0, "[0, inf)")     # 0 = all 5,000 validation images
+    test_size: int = option(0, "[0, inf)")    # 0 = all 10,000 test images
+    seed: int = option(0, "[0, inf)")         # the initial weights and every random draw
+    device: str = "auto"               # "auto", "cpu", "cuda", "cuda:1", "mps"
+    out: str = "runs"
+    quick: bool = False                # the few-minute smoke path (experiments.quick)
+    resume: bool = True                # continue from runs/NAME/checkpoint.pt when it exists
+    overwrite: bool = False            # with resume=False: replace a finished run's directory
+    compile: bool = False              # torch.compile the student and the teacher's forward
+    checkpoint: bool = False           # recompute each block in backward: less memory, same numbers
+    micro_batch: int = option(0, "[0, inf)")  # > 0: forward/backward in chunks of this many
+                                       # images, gradients summed (one step; less memory)
+    test_epochs: tuple = ()            # epochs after which the model is also tested at 32 px
+
 
 # =============================================================================
 # The device
@@ -134,6 +166,14 @@ def peak_memory_mib(device: torch.device) -> dict:
     if device.type == "cuda":
         peak["cuda"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return peak
+
+
+def repo_relative(path: str) -> str:
+    """`path` relative to this repository when it lies inside it (so that committed results do
+    not name the machine that wrote them), else the absolute path."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.path.abspath(path)
+    return os.path.relpath(path, here) if path.startswith(here + os.sep) else path
 
 
 def git_commit() -> str:

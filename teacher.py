@@ -33,17 +33,19 @@ import torch
 import data as data_lib
 import irkd
 import runs
+import train as train_lib
+from train import RunConfig
 
 QUICK_PRESET = "custom"  # the quick teacher: the custom size at 32 px, a few epochs
 RECIPE = ("augment", "mixup", "randaug", "erasing")  # augmentation a cached teacher must match
 
 
 def teacher_config(patch_size: int = 4, *, quick: bool = False,
-                   base: irkd.Config | None = None) -> irkd.Config:
+                   base: RunConfig | None = None) -> RunConfig:
     """The teacher recipe for a student config `base` (its teacher_model, teacher_epochs,
     data subset, outputs and device). The name says what differs from the paper's teacher,
     so that differently trained teachers are cached apart."""
-    base = base or irkd.Config()
+    base = base or RunConfig()
     name = f"teacher_{base.teacher_model}_p{patch_size}"
     name += f"_{base.teacher_epochs}ep" if base.teacher_epochs != 135 else ""
     name += f"_{base.train_size}img" if base.train_size else ""
@@ -87,12 +89,12 @@ def quick_sizes(preset: str, patch_size: int, epochs: int) -> dict:
                 test_size=max(500, int(2000 * scale)), epochs=epochs)
 
 
-def default_path(cfg: irkd.Config) -> str:
+def default_path(cfg: RunConfig) -> str:
     t = teacher_config(cfg.teacher_patch or cfg.patch_size, quick=cfg.quick, base=cfg)
     return os.path.join(t.out, t.name, "model.pt")
 
 
-def estimate_seconds(cfg: irkd.Config) -> float:
+def estimate_seconds(cfg: RunConfig) -> float:
     """Time a few real training steps of this config on random data; scale to the whole run."""
     device = runs.pick_device(cfg.device)
     model = irkd.build_model(cfg.model, patch_size=cfg.patch_size).to(device)
@@ -114,15 +116,15 @@ def estimate_seconds(cfg: irkd.Config) -> float:
     return min(times[1:]) * (n_train // cfg.batch_size) * cfg.epochs
 
 
-def train_teacher(cfg: irkd.Config, data: dict | None = None) -> dict:
+def train_teacher(cfg: RunConfig, data: dict | None = None) -> dict:
     """Announce the teacher run with its expected duration (measured, not guessed); train it."""
     print(f"training {cfg.name} ({cfg.model}, patch {cfg.patch_size}, {cfg.epochs} epochs): about "
           f"{estimate_seconds(cfg) / 60:.0f} min expected on "
           f"{runs.device_name(runs.pick_device(cfg.device))}", flush=True)
-    return irkd.train(cfg, data=data)
+    return train_lib.train(cfg, data=data)
 
 
-def ensure_teacher(cfg: irkd.Config, data: dict | None = None):
+def ensure_teacher(cfg: RunConfig, data: dict | None = None):
     """The frozen teacher for a student config -> (model, info for config/results).
 
     cfg.teacher names a checkpoint; empty means the cached default for this patch
@@ -144,7 +146,7 @@ def ensure_teacher(cfg: irkd.Config, data: dict | None = None):
                                 f"teacher (runs/teacher_*/model.pt), or leave --teacher out to use "
                                 f"the default teacher of this experiment, which is trained first "
                                 f"when missing")
-    model, ckpt = irkd.load_model(path)
+    model, ckpt = train_lib.load_model(path)
     args = ckpt["model_args"]
     if args["preset"] != expected or args["patch_size"] != patch or args["distill_token"]:
         raise ValueError(
@@ -154,7 +156,7 @@ def ensure_teacher(cfg: irkd.Config, data: dict | None = None):
             f"`python teacher.py --patch_size={patch}` or pass --teacher=PATH and "
             f"--teacher_model=PRESET)")
     # a field the checkpoint's config lacks (written before it existed) had the default
-    defaults = dataclasses.asdict(irkd.Config())
+    defaults = dataclasses.asdict(RunConfig())
     recipe = {k: ckpt.get("config", {}).get(k, defaults[k]) for k in RECIPE}
     if not cfg.teacher:  # the cached default must have today's recipe, not an older one
         want = {k: getattr(tcfg, k) for k in RECIPE}
@@ -162,17 +164,17 @@ def ensure_teacher(cfg: irkd.Config, data: dict | None = None):
             raise ValueError(f"the cached teacher {path} was trained with {recipe}, but the "
                              f"teacher recipe is now {want}; move it away to train a new one, "
                              f"or pass --teacher={path} to use it")
-    info = dict(path=os.path.abspath(path), md5=data_lib.md5sum(path), preset=args["preset"],
+    info = dict(path=runs.repo_relative(path), md5=data_lib.md5sum(path), preset=args["preset"],
                 patch_size=args["patch_size"], test_acc=ckpt.get("test_acc"), **recipe)
     return model, info
 
 
 def main(argv: list[str]) -> int:
     try:
-        overrides = runs.parse_overrides(argv, irkd.Config)
+        overrides = runs.parse_overrides(argv, RunConfig)
         quick = overrides.pop("quick", False)
-        out = overrides.pop("out", irkd.Config.out)
-        base = irkd.Config(out=f"{out}/quick" if quick else out)  # where quick students look for it
+        out = overrides.pop("out", RunConfig.out)
+        base = RunConfig(out=f"{out}/quick" if quick else out)  # where quick students look for it
         cfg = teacher_config(overrides.pop("patch_size", 4), quick=quick, base=base)
         cfg = dataclasses.replace(cfg, **overrides)
     except ValueError as e:

@@ -21,6 +21,7 @@ STEP = r"""
 import resource, sys, time, torch
 sys.path.insert(0, ROOT)
 import irkd, runs
+import train as train_lib
 runs.keep_freed_memory()                       # as training does on a CPU
 torch.manual_seed(0)
 student = irkd.build_model("tiny", patch_size=2, distill_token=True)
@@ -33,7 +34,7 @@ if MODE == "stored":                           # the teacher's rollout from stor
             logits, attn = teacher(x, return_attn=True)
         return logits, irkd.attention_rollout(attn, num_prefix=1)
     loss_fn.teacher_saliency = stored
-opt = irkd.make_optimizer(student, irkd.Config())
+opt = irkd.make_optimizer(student, train_lib.RunConfig())
 x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))
 t0 = time.time()
 irkd.train_step(student, loss_fn, opt, x, y, labels=y, teacher_input=x, lr=3e-4,

@@ -21,6 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import irkd  # noqa: E402
+import train as train_lib  # noqa: E402
+import saliency_variants  # noqa: E402
 
 MODES = ("none", "rollout", "grad", "attn", "probe")
 
@@ -30,8 +32,9 @@ def make(mode: str, seed: int = 0):
     student = irkd.build_model("custom", patch_size=4, distill_token=True)
     teacher = irkd.build_model("custom", patch_size=4)
     gamma = 0.0 if mode == "none" else 0.8
-    loss_fn = irkd.IRKDLoss(teacher, gamma=gamma, saliency="rollout" if mode == "none" else mode)
-    opt = irkd.make_optimizer(student, irkd.Config())
+    loss_fn = irkd.IRKDLoss(teacher, gamma=gamma, student_depth=len(student.blocks),
+                            saliency=saliency_variants.METHODS["rollout" if mode == "none" else mode]())
+    opt = irkd.make_optimizer(student, train_lib.RunConfig())
     student.train()
     loss_fn.train()
     return student, loss_fn, opt

@@ -34,6 +34,7 @@ if ROOT not in sys.path:
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 import data as data_lib  # noqa: E402
+import train as train_lib  # noqa: E402
 import irkd  # noqa: E402
 import teacher as teacher_lib  # noqa: E402
 
@@ -128,7 +129,7 @@ def no_data_no_training(monkeypatch):
         raise AssertionError("this test should have stopped before loading data or training")
     monkeypatch.setattr(data_lib, "download_cifar10", refuse)
     monkeypatch.setattr(data_lib, "load_cifar10", refuse)
-    monkeypatch.setattr(irkd, "train", refuse)
+    monkeypatch.setattr(train_lib, "train", refuse)
     monkeypatch.setattr(teacher_lib, "estimate_seconds", refuse)
 
 
@@ -144,7 +145,7 @@ def small_cfg(tmp_path, **kw):
     """A two-stage curriculum (8 then 16 px), 2 epochs, 64 training images: 2 steps/epoch."""
     base = dict(name="t", model="custom", cl=True, resolutions=(8, 16), epochs=2, batch_size=32,
                 train_size=64, val_size=32, test_size=64, out=str(tmp_path), device="cpu", seed=0)
-    return irkd.Config(**(base | kw))
+    return train_lib.RunConfig(**(base | kw))
 
 
 def read_log(run_dir):

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 import data as data_lib
+import train as train_lib
 import irkd
 from conftest import crop_flip_oracle, small_cfg, tiny_vit
 
@@ -443,9 +444,9 @@ def test_train_with_autoaugment(tmp_path, train_data, monkeypatch):
     monkeypatch.setattr(data_lib, "auto_augment", spy)
     cfg = small_cfg(tmp_path, kd=True, head="cls", augment="crop_flip_aa", erasing=0.2,
                     resize_mode="crop")
-    r = irkd.train(cfg, teacher=tiny_vit(patch_size=4), data=train_data)
+    r = train_lib.train(cfg, teacher=tiny_vit(patch_size=4), data=train_data)
     assert np.isfinite(r["test_acc"]) and sorted(set(sizes)) == [8, 16] and len(sizes) == 4
     with pytest.raises(ValueError, match="choose one"):
-        irkd.Config(augment="crop_flip_aa", randaug=True).check()
+        train_lib.RunConfig(augment="crop_flip_aa", randaug=True).check()
     with pytest.raises(ValueError, match="crop_flip_aa"):
-        irkd.Config(augment="autoaugment").check()
+        train_lib.RunConfig(augment="autoaugment").check()

@@ -14,6 +14,8 @@ import os
 import pytest
 
 import data as data_lib
+import train as train_lib
+import study
 import experiments
 import irkd
 import runs
@@ -38,7 +40,7 @@ SMALL_P4_ALL_SETUPS = {(False, False, False), (False, True, False), (True, False
 def test_list_prints_every_name(capsys):
     assert experiments.main(["list"]) == 0
     out = capsys.readouterr().out
-    for name in list(experiments.EXPERIMENTS) + list(experiments.GROUPS) + experiments.NAMED:
+    for name in list(experiments.EXPERIMENTS) + list(experiments.GROUPS) + list(experiments.NAMED):
         assert name in out
     for name, *_ in experiments.TABLE:
         assert name in out
@@ -98,7 +100,7 @@ def test_non_divisible_resolution_rejected(capsys):
     err = capsys.readouterr().err
     assert "18" in err and "patch_size=4" in err
     # patch 2 takes 18
-    overrides = runs.parse_overrides(["--resolutions=12,18"], irkd.Config)
+    overrides = runs.parse_overrides(["--resolutions=12,18"], train_lib.RunConfig)
     (cfg,) = experiments.configs_for("saliency_p2", overrides)
     assert cfg.resolutions == (12, 18)
 
@@ -130,15 +132,15 @@ def write_result(root, dirname, name, seed, acc, quick=False):
 def test_report_mean_std_over_seeds_and_links(tmp_path):
     # Oracle: mean and sample std by hand. Seeds of one cell share a row; a directory that is
     # a link to another run's directory is that run (counted once, under the real name).
-    write_result(tmp_path, "cpu_ce-seed0", "cpu_ce-seed0", 0, 50.0)
-    write_result(tmp_path, "cpu_ce-seed1", "cpu_ce-seed1", 1, 54.0)
+    write_result(tmp_path, "custom_p4_ce-seed0", "custom_p4_ce-seed0", 0, 50.0)
+    write_result(tmp_path, "custom_p4_ce-seed1", "custom_p4_ce-seed1", 1, 54.0)
     write_result(tmp_path, "teacher_x_plain", "teacher_x_plain", 0, 57.7)
     os.symlink("teacher_x_plain", tmp_path / "teacher_x")
-    groups = experiments.collect(str(tmp_path))
-    assert sorted(groups) == ["cpu_ce", "teacher_x_plain"]
-    lines = experiments.report(str(tmp_path)).splitlines()[2:]
+    groups = study.collect(str(tmp_path))
+    assert sorted(groups) == ["custom_p4_ce", "teacher_x_plain"]
+    lines = study.report(str(tmp_path)).splitlines()[2:]
     rows = {line.split(" | ")[0].strip("| "): line for line in lines}
-    ce = rows["cpu_ce"].split(" | ")
+    ce = rows["custom_p4_ce"].split(" | ")
     assert ce[3] == "66.85"                              # the paper's number for the CE cell
     assert ce[4] == "52.00 ± 2.83"                               # mean 52, std sqrt(8) = 2.83
     assert ce[5] == "last, cls"                                  # how the number was selected
@@ -158,7 +160,7 @@ def test_another_seed_gets_its_own_directory():
 def test_too_few_images_is_refused_before_any_teacher_trains(monkeypatch, capsys):
     monkeypatch.setattr(data_lib, "load_cifar10", lambda root: make_data(5000 + 100, 20))
     monkeypatch.setattr(teacher_lib, "train_teacher", lambda *a, **k: pytest.fail("trained"))
-    monkeypatch.setattr(irkd, "train", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(train_lib, "train", lambda *a, **k: pytest.fail("trained"))
     assert experiments.main(["exp1a", "--train_size=100", "--device=cpu"]) == 2
     assert "fewer than one batch" in capsys.readouterr().err
 
@@ -166,10 +168,10 @@ def test_too_few_images_is_refused_before_any_teacher_trains(monkeypatch, capsys
 # Oracle: the exact binomial by hand. 10 discordant pairs all one way: p = 2 / 2**10;
 # 5 against 2: p = 2 * (1 + 7 + 21) / 2**7.
 def test_mcnemar_exact_p():
-    assert experiments.mcnemar_p([True] * 10, [False] * 10) == pytest.approx(2 / 2 ** 10)
+    assert study.mcnemar_p([True] * 10, [False] * 10) == pytest.approx(2 / 2 ** 10)
     a, b = [True] * 5 + [False] * 2, [False] * 5 + [True] * 2
-    assert experiments.mcnemar_p(a, b) == pytest.approx(2 * 29 / 2 ** 7)
-    assert experiments.mcnemar_p([True, False], [True, False]) == 1.0
+    assert study.mcnemar_p(a, b) == pytest.approx(2 * 29 / 2 ** 7)
+    assert study.mcnemar_p([True, False], [True, False]) == 1.0
 
 
 def fake_study_run(out, name, seed, right):
@@ -191,7 +193,7 @@ def test_study_report_pairs_by_seed(tmp_path):
         fake_study_run(tmp_path, "study_kd", seed, kd)
         fake_study_run(tmp_path, "study_ce", seed, ce)
     fake_study_run(tmp_path, "study_kd_cl", 0, 9)              # no seed-0 KD+CL+Sal: not run
-    text = experiments.study_report(str(tmp_path))
+    text = study.study_report(str(tmp_path))
     row = next(line for line in text.splitlines() if line.startswith("| KD - CE"))
     assert "| 0,1 | 75.00 | 45.00 | +30.00 | [-97.06, +157.06] |" in row
     assert "not run yet" in next(line for line in text.splitlines() if "Sal - KD+CL" in line)
@@ -212,10 +214,10 @@ def test_study_report_pairs_by_seed(tmp_path):
     ([3.0], 8.0, "not resolved: one seed"),
 ])
 def test_verdict_rule(diffs, paper, expected):
-    interval, word = experiments.verdict(diffs, paper)
+    interval, word = study.verdict(diffs, paper)
     assert word.startswith(expected)
     if len(diffs) >= 2:           # the interval is the t-interval: mean -+ t * sd / sqrt(n)
-        half = experiments.T975[len(diffs) - 2] * statistics.stdev(diffs) / len(diffs) ** 0.5
+        half = study.T975[len(diffs) - 2] * statistics.stdev(diffs) / len(diffs) ** 0.5
         m = statistics.mean(diffs)
         assert interval == f"[{m - half:+.2f}, {m + half:+.2f}]"
 
@@ -249,7 +251,7 @@ def test_cell_report_puts_paper_replay_and_default_side_by_side(tmp_path):
         (d / "results.json").write_text(json.dumps(dict(
             name=name, seed=0, test_acc=acc, quick=quick, select="best", best_epoch=4,
             epochs=6, test_head="cls")))
-    row = experiments.cell_report(str(tmp_path)).splitlines()[2]
+    row = study.cell_report(str(tmp_path)).splitlines()[2]
     assert row == ("| custom_p2_ce | 66.85 | 30.00 (quick) | best (ep 4), cls | 61.00 | "
                    "best (ep 4), cls |")
 

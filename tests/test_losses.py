@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import irkd
+import saliency_variants
 from conftest import tiny_vit
 
 S = [[1.0, 2.0, 0.5], [-1.0, 0.0, 3.0]]       # student logits, 2 x 3
@@ -89,7 +90,7 @@ def test_kd_gradient_goes_to_student_only():
 def test_irkd_loss_without_teacher_is_cross_entropy():
     torch.manual_seed(0)
     logits, y = torch.randn(4, 10), torch.tensor([0, 3, 9, 1])
-    loss, parts = irkd.IRKDLoss(None)(logits, None, y)
+    loss, parts = irkd.IRKDLoss(None)(logits, y)
     torch.testing.assert_close(loss, F.cross_entropy(logits, y))
     assert set(parts) == {"ce"}
 
@@ -116,7 +117,7 @@ def test_irkd_loss_mixes_ce_kd_and_saliency():
     teacher, student, x, y, loss_fn = irkd_setup()
     loss_fn.train()
     (cls, dist), attns = student(x, return_attn=True)
-    loss, parts = loss_fn((cls, dist), attns, y, teacher_input=x)
+    loss, parts = loss_fn((cls, dist), y, teacher_input=x, internals=attns, student=student)
     with torch.no_grad():
         t_logits, t_attns = teacher(x, return_attn=True)
     ce = F.cross_entropy(cls, y)
@@ -137,7 +138,7 @@ def test_teacher_rollout_folded_in_equals_the_stored_one():
     torch.manual_seed(0)
     teacher = tiny_vit(patch_size=4).eval()
     x = torch.randn(3, 3, 16, 16)
-    logits, t_map = irkd.IRKDLoss(teacher, gamma=0.8).teacher_saliency(x, torch.tensor([1, 2, 3]))
+    logits, t_map = irkd.IRKDLoss(teacher, gamma=0.8).teacher_forward(x, torch.tensor([1, 2, 3]))
     with torch.no_grad():
         want_logits, attentions = teacher(x, return_attn=True)
     assert torch.equal(logits, want_logits)
@@ -150,9 +151,9 @@ def test_teacher_attn_maps_taken_as_it_goes_equal_the_stored_ones():
     torch.manual_seed(0)
     teacher = tiny_vit(patch_size=4).eval()
     x = torch.randn(3, 3, 16, 16)
-    loss_fn = irkd.IRKDLoss(teacher, gamma=0.8, saliency="attn")
-    logits, t_maps = loss_fn.teacher_saliency(x, torch.tensor([1, 2, 3]))
+    loss_fn = irkd.IRKDLoss(teacher, gamma=0.8, saliency=saliency_variants.AttnSaliency())
+    logits, t_maps = loss_fn.teacher_forward(x, torch.tensor([1, 2, 3]))
     with torch.no_grad():
         want_logits, attentions = teacher(x, return_attn=True)
     assert torch.equal(logits, want_logits)
-    assert torch.equal(t_maps, irkd.cls_attention_maps(attentions, num_prefix=1))
+    assert torch.equal(t_maps, saliency_variants.cls_attention_maps(attentions, num_prefix=1))

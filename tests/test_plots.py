@@ -1,4 +1,4 @@
-"""plots.py on synthetic run directories (written by make_run as irkd.train writes them):
+"""plots.py on synthetic run directories (written by make_run as train_lib.train writes them):
 every figure is a real PNG, and bad or missing run directories give one clear line and exit
 code 2, never a traceback.
 
@@ -15,6 +15,8 @@ import pytest
 import torch
 
 import experiments
+import train as train_lib
+import study
 import plots
 
 STAGES = [(12, 3), (20, 5), (32, 8)]   # (resolution, grid of a patch-4 model)
@@ -62,7 +64,7 @@ def write_saliency(d, kd, teacher_grid, stages_=STAGES):
 
 def make_run(root, name="exp1b", *, results=True, saliency=True, teacher_grid=None, kd=True,
              sal=True, stages=STAGES):
-    """A run directory as irkd.train writes it: 6 epochs over 3 curriculum stages (the saliency
+    """A run directory as train_lib.train writes it: 6 epochs over 3 curriculum stages (the saliency
     snapshot has `stages`: a teacher trained at 32 px only has one)."""
     d = root / name
     d.mkdir(parents=True)
@@ -180,7 +182,7 @@ def test_report_reads_a_quick_teachers_setup_from_its_config(tmp_path):
     make_run(tmp_path / "quick", "teacher_quick_p4", kd=False, sal=False, saliency=False)
     make_run(tmp_path, "my_own_name", kd=True, sal=False, saliency=False)   # --name=my_own_name
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ")
-            for line in experiments.report(str(tmp_path)).splitlines()[2:]}
+            for line in study.report(str(tmp_path)).splitlines()[2:]}
     assert rows["teacher_quick_p4 (quick)"][1:3] == ["teacher", "custom p4"]
     assert rows["my_own_name (quick)"][1:3] == ["KD+CL", "custom p4"]
     assert not any("?" in cell for row in rows.values() for cell in row)

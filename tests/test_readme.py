@@ -4,7 +4,7 @@ must exist.
 - The python usage block under "## Reading the code" is taken from README.md verbatim
   and executed (CPU, about a second); it must print the shapes the README promises.
 - Every relative link from README.md into docs/ must point to an existing file.
-- The study block (between the study-status markers) equals what experiments.study_status
+- The study block (between the study-status markers) equals what study.study_status
   computes from the committed results/study/ files.
 - The hand-written prose about the study (the headline, "What the seeds say") quotes only
   differences and intervals that the generated block shows.
@@ -73,14 +73,14 @@ def test_links_into_docs_exist():
 def study_block(text: str) -> str:
     """What lies between the README's study-status markers."""
     import experiments
-    start, end = (text.index(m) for m in experiments.README_MARKERS)
-    return text[start + len(experiments.README_MARKERS[0]):end].strip()
+    start, end = (text.index(m) for m in study.MARKERS)
+    return text[start + len(study.MARKERS[0]):end].strip()
 
 
 def test_study_block_is_generated_from_the_committed_runs(monkeypatch):
     import experiments
     monkeypatch.chdir(ROOT)                   # the block names the folder as the README does
-    assert study_block(read_readme()) == experiments.study_status("results/study").strip()
+    assert study_block(read_readme()) == study.study_status("results/study").strip()
 
 
 # The prose around the study (the headline at the top, "What the seeds say") is written by hand;

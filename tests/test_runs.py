@@ -1,4 +1,4 @@
-"""runs.py: run bookkeeping and reliability around irkd.train. Determinism; resume after
+"""runs.py: run bookkeeping and reliability around train_lib.train. Determinism; resume after
 Ctrl-C and after SIGKILL, bit-identical (also with the teacher recipe's augmentation);
 clear failures (NaN loss, truncated checkpoint, changed config, unwritable output dir);
 Ctrl-C's resume hint (guarded); compile_model; keep_freed_memory; parse_overrides.
@@ -22,6 +22,7 @@ import pytest
 import torch
 
 import data as data_lib
+import train as train_lib
 import irkd
 import runs
 from conftest import ROOT, read_log, small_cfg, tiny_vit, write_cifar
@@ -31,7 +32,7 @@ def tiny_cfg(tmp_path, **kw):
     """Curriculum 16 then 32 px, 4 epochs, 128 training images: 4 steps per epoch."""
     base = dict(name="r", model="custom", cl=True, resolutions=(16, 32), epochs=4, batch_size=32,
                 train_size=128, val_size=64, test_size=64, out=str(tmp_path), device="cpu")
-    return irkd.Config(**(base | kw))
+    return train_lib.RunConfig(**(base | kw))
 
 
 def interrupt_at_step(monkeypatch, n):
@@ -57,12 +58,12 @@ def same_weights(a_path, b_path):
 # ----------------------------------------------------------------------------- determinism
 
 def test_same_seed_same_results(tmp_path, train_data):
-    a = irkd.train(tiny_cfg(tmp_path / "a"), data=train_data)
-    b = irkd.train(tiny_cfg(tmp_path / "b"), data=train_data)
+    a = train_lib.train(tiny_cfg(tmp_path / "a"), data=train_data)
+    b = train_lib.train(tiny_cfg(tmp_path / "b"), data=train_data)
     assert a["heads"] == b["heads"]
     log = lambda d: [(r["loss"], r["val_acc"]) for r in read_log(d / "r")]  # noqa: E731
     assert log(tmp_path / "a") == log(tmp_path / "b")
-    irkd.train(tiny_cfg(tmp_path / "c", seed=1), data=train_data)
+    train_lib.train(tiny_cfg(tmp_path / "c", seed=1), data=train_data)
     assert log(tmp_path / "c") != log(tmp_path / "a")  # the seed does matter
 
 
@@ -119,14 +120,14 @@ def recipe_cfg(tmp_path, **kw):
                 val_size=32, test_size=32, schedule="onecycle", warmup_epochs=1,
                 label_smoothing=0.01, mixup=True, randaug=True, erasing=0.25, out=str(tmp_path),
                 device="cpu", seed=0)
-    return irkd.Config(**(base | kw))
+    return train_lib.RunConfig(**(base | kw))
 
 
 @pytest.fixture(scope="module")
 def recipe_full_run(tmp_path_factory, train_data):
     """recipe_cfg trained without interruption: (results, its out directory)."""
     out = tmp_path_factory.mktemp("recipe") / "full"
-    return irkd.train(recipe_cfg(out), data=train_data), out
+    return train_lib.train(recipe_cfg(out), data=train_data), out
 
 
 def test_train_with_recipe_logs_finite_losses(recipe_full_run):
@@ -143,9 +144,9 @@ def test_train_with_recipe_resumes_bit_identical(tmp_path, train_data, recipe_fu
     full, full_out = recipe_full_run
     real = interrupt_at_step(monkeypatch, 4)        # 2 steps per epoch: epoch 2, step 2
     with pytest.raises(KeyboardInterrupt):
-        irkd.train(recipe_cfg(tmp_path / "cut"), data=train_data)
+        train_lib.train(recipe_cfg(tmp_path / "cut"), data=train_data)
     monkeypatch.setattr(irkd, "train_step", real)
-    resumed = irkd.train(recipe_cfg(tmp_path / "cut"), data=train_data)
+    resumed = train_lib.train(recipe_cfg(tmp_path / "cut"), data=train_data)
     assert "after epoch 1/2" in capsys.readouterr().out
     assert resumed["heads"] == full["heads"]
     assert same_weights(full_out / "aug" / "model.pt", tmp_path / "cut" / "aug" / "model.pt")
@@ -161,7 +162,7 @@ def test_ctrl_c_prints_the_resume_command(monkeypatch, capsys):
 
     monkeypatch.setattr(data_lib, "load_cifar10", lambda root: {})
     monkeypatch.setattr(experiments, "check_before_work", lambda cfgs, data: None)
-    monkeypatch.setattr(irkd, "train", interrupted)
+    monkeypatch.setattr(train_lib, "train", interrupted)
     monkeypatch.setattr(sys, "argv", ["experiments.py", "custom_p4_ce", "--epochs=6"])
     assert experiments.main(["custom_p4_ce", "--epochs=6"]) == 130
     err = capsys.readouterr().err
@@ -181,33 +182,33 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, train_data, mon
 
     monkeypatch.setattr(irkd.IRKDLoss, "forward", poisoned)
     with pytest.raises(FloatingPointError, match=r"stage 0 \(16 px\), epoch 2, step 5"):
-        irkd.train(tiny_cfg(tmp_path), data=train_data)
+        train_lib.train(tiny_cfg(tmp_path), data=train_data)
     assert torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)["epoch"] == 1
     assert not (tmp_path / "r" / "results.json").exists()
 
 
 def test_truncated_checkpoint_is_named(tmp_path, train_data):
-    irkd.train(tiny_cfg(tmp_path, epochs=2), data=train_data)
+    train_lib.train(tiny_cfg(tmp_path, epochs=2), data=train_data)
     path = tmp_path / "r" / "checkpoint.pt"
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(ValueError, match="truncated or corrupt.*--resume=false"):
-        irkd.train(tiny_cfg(tmp_path, epochs=2), data=train_data)
+        train_lib.train(tiny_cfg(tmp_path, epochs=2), data=train_data)
     with pytest.raises(ValueError, match="finished run.*--overwrite=true"):  # never silently
-        irkd.train(tiny_cfg(tmp_path, epochs=2, resume=False), data=train_data)
-    irkd.train(tiny_cfg(tmp_path, epochs=2, resume=False, overwrite=True),
+        train_lib.train(tiny_cfg(tmp_path, epochs=2, resume=False), data=train_data)
+    train_lib.train(tiny_cfg(tmp_path, epochs=2, resume=False, overwrite=True),
                data=train_data)  # the way out
 
 
 def test_resume_refuses_a_different_config(tmp_path, train_data):
-    irkd.train(tiny_cfg(tmp_path, epochs=2), data=train_data)
+    train_lib.train(tiny_cfg(tmp_path, epochs=2), data=train_data)
     with pytest.raises(ValueError, match="lr differ"):
-        irkd.train(tiny_cfg(tmp_path, epochs=2, lr=1e-3), data=train_data)
+        train_lib.train(tiny_cfg(tmp_path, epochs=2, lr=1e-3), data=train_data)
 
 
 def test_resume_fills_fields_added_since_with_defaults(tmp_path, train_data, capsys):
     # A checkpoint written before a Config field existed resumes when the field is at its
     # default.
-    irkd.train(tiny_cfg(tmp_path, epochs=2), data=train_data)
+    train_lib.train(tiny_cfg(tmp_path, epochs=2), data=train_data)
     path = tmp_path / "r" / "checkpoint.pt"
     ckpt = torch.load(path, weights_only=False)
     del ckpt["config"]["erasing"]
@@ -221,7 +222,7 @@ def test_unwritable_output_dir(tmp_path, train_data):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(OSError, match="cannot write to the output directory.*--out"):
-        irkd.train(tiny_cfg(blocker), data=train_data)
+        train_lib.train(tiny_cfg(blocker), data=train_data)
 
 
 # ----------------------------------------------------------------------------- compile
@@ -246,8 +247,8 @@ def aot_eager(monkeypatch):
 def test_compiled_training_matches_eager(tmp_path, train_data, aot_eager):
     teacher = tiny_vit(patch_size=4)
     cfg = small_cfg(tmp_path / "eager", kd=True, sal=True)
-    eager = irkd.train(cfg, teacher=teacher, data=train_data)
-    compiled = irkd.train(dataclasses.replace(cfg, out=str(tmp_path / "compiled"), compile=True),
+    eager = train_lib.train(cfg, teacher=teacher, data=train_data)
+    compiled = train_lib.train(dataclasses.replace(cfg, out=str(tmp_path / "compiled"), compile=True),
                           teacher=teacher, data=train_data)
     assert len(aot_eager) == 2                       # the student and the teacher
     assert compiled["test_acc_by_res"].keys() == eager["test_acc_by_res"].keys()
@@ -264,13 +265,13 @@ def test_compiled_training_matches_eager(tmp_path, train_data, aot_eager):
 # Oracle: the uninterrupted eager run. A run interrupted in eager mode continues compiled.
 def test_eager_run_resumes_compiled(tmp_path, train_data, aot_eager, monkeypatch, capsys):
     cfg = small_cfg(tmp_path / "whole")
-    whole = irkd.train(cfg, data=train_data)
+    whole = train_lib.train(cfg, data=train_data)
     real_step = interrupt_at_step(monkeypatch, 3)   # the first step of epoch 2 (2 steps/epoch)
     part = dataclasses.replace(cfg, out=str(tmp_path / "part"))
     with pytest.raises(KeyboardInterrupt):
-        irkd.train(part, data=train_data)
+        train_lib.train(part, data=train_data)
     monkeypatch.setattr(irkd, "train_step", real_step)
-    resumed = irkd.train(dataclasses.replace(part, compile=True), data=train_data)
+    resumed = train_lib.train(dataclasses.replace(part, compile=True), data=train_data)
     assert "after epoch 1/2" in capsys.readouterr().out
     assert len(aot_eager) == 1
     for r, acc in whole["test_acc_by_res"].items():
@@ -292,15 +293,15 @@ def test_keep_freed_memory_runs_in_a_fresh_process():
 def test_parse_overrides_types():
     got = runs.parse_overrides(["--kd=false", "--cl", "--epochs=12", "--lr=1e-3",
                                 "--resolutions=12,16", "--teacher", "runs/t/model.pt",
-                                "--batch-size=64", "--sal=YES", "--alpha=0"], irkd.Config)
+                                "--batch-size=64", "--sal=YES", "--alpha=0"], train_lib.RunConfig)
     assert got == dict(kd=False, cl=True, epochs=12, lr=1e-3, resolutions=(12, 16),
                        teacher="runs/t/model.pt", batch_size=64, sal=True, alpha=0.0)
     assert type(got["epochs"]) is int and type(got["lr"]) is float
     assert type(got["alpha"]) is float
-    assert runs.parse_overrides([], irkd.Config) == {}
+    assert runs.parse_overrides([], train_lib.RunConfig) == {}
     for bad in (["lr=1"], ["--epochs"], ["--epochs=1.5"], ["--quick=perhaps"]):
         with pytest.raises(ValueError):
-            runs.parse_overrides(bad, irkd.Config)
+            runs.parse_overrides(bad, train_lib.RunConfig)
 
 
 @pytest.mark.parametrize("name", ["gpu", "cuda:7", "tpu"])
@@ -312,14 +313,14 @@ def test_a_bad_device_is_refused_with_the_valid_names(name):
 
 
 def test_a_finished_run_is_never_overwritten_silently(tmp_path, train_data):
-    irkd.train(small_cfg(tmp_path, epochs=2), data=train_data)
+    train_lib.train(small_cfg(tmp_path, epochs=2), data=train_data)
     with pytest.raises(ValueError, match="finished run.*--overwrite=true"):
-        irkd.train(small_cfg(tmp_path, epochs=2, resume=False), data=train_data)
+        train_lib.train(small_cfg(tmp_path, epochs=2, resume=False), data=train_data)
 
 
 # Oracle: the uninterrupted run. The same directory spelled another way resumes it.
 def test_resume_accepts_the_same_directory_spelled_differently(tmp_path, train_data, monkeypatch):
-    whole = irkd.train(small_cfg(tmp_path / "a", epochs=2), data=train_data)
+    whole = train_lib.train(small_cfg(tmp_path / "a", epochs=2), data=train_data)
     part = small_cfg(tmp_path / "b", epochs=2)
     real, calls = irkd.train_step, []
 
@@ -330,10 +331,10 @@ def test_resume_accepts_the_same_directory_spelled_differently(tmp_path, train_d
         return real(*a, **kw)
     monkeypatch.setattr(irkd, "train_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        irkd.train(part, data=train_data)
+        train_lib.train(part, data=train_data)
     monkeypatch.setattr(irkd, "train_step", real)
     monkeypatch.chdir(tmp_path)
-    resumed = irkd.train(dataclasses.replace(part, out="./b"), data=train_data)
+    resumed = train_lib.train(dataclasses.replace(part, out="./b"), data=train_data)
     assert resumed["heads"] == whole["heads"]
 
 
@@ -361,12 +362,12 @@ def test_nan_in_the_first_epoch_does_not_promise_a_checkpoint(tmp_path, train_da
         return loss * float("nan"), parts
     monkeypatch.setattr(irkd.IRKDLoss, "forward", poisoned)
     with pytest.raises(FloatingPointError, match="no epoch had finished, so no checkpoint"):
-        irkd.train(tiny_cfg(tmp_path), data=train_data)
+        train_lib.train(tiny_cfg(tmp_path), data=train_data)
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
 
 
 def test_a_finished_run_without_its_checkpoint_is_not_trained_over(tmp_path, train_data):
-    irkd.train(small_cfg(tmp_path, epochs=2), data=train_data)
+    train_lib.train(small_cfg(tmp_path, epochs=2), data=train_data)
     os.remove(tmp_path / "t" / "checkpoint.pt")              # as in a fresh clone
     with pytest.raises(ValueError, match="finished run.*--overwrite=true"):
-        irkd.train(small_cfg(tmp_path, epochs=2), data=train_data)
+        train_lib.train(small_cfg(tmp_path, epochs=2), data=train_data)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import irkd
+import saliency_variants
 from conftest import tiny_vit
 
 
@@ -294,10 +295,10 @@ def test_token_gradcam_matches_manual_formula():
     model = tiny_vit(4, distill_token=True)
     x = torch.randn(2, 3, 16, 16)
     y = torch.tensor([3, 7])
-    with irkd.capture_tokens(model, [0, 1]) as tokens:
+    with saliency_variants.capture_tokens(model, [0, 1]) as tokens:
         (cls, _), _ = model(x, return_attn=True)
     assert len(tokens) == 2 and tokens[0].shape == (2, 2 + 16, 32)
-    cam = irkd.token_gradcam(cls, tokens, y, num_prefix=2, create_graph=True)
+    cam = saliency_variants.token_gradcam(cls, tokens, y, num_prefix=2, create_graph=True)
     assert cam.shape == (2, 4, 4)
     grads = torch.autograd.grad(cls[0, 3] + cls[1, 7], tokens, retain_graph=True)
     want = torch.stack([F.relu((g[:, 2:].mean(1, keepdim=True) * h[:, 2:]).sum(-1))

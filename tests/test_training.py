@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 
 import data as data_lib
+import saliency_variants
+import train as train_lib
 import experiments
 import irkd
 from conftest import make_data, read_log, small_cfg, tiny_vit, write_cifar
@@ -69,7 +71,7 @@ def kd_teacher():
 def curriculum_run(tmp_path_factory, train_data):
     """small_cfg trained once (plain CE, 8 then 16 px): (results, run directory)."""
     tmp_path = tmp_path_factory.mktemp("curriculum")
-    return irkd.train(small_cfg(tmp_path), data=train_data), tmp_path / "t"
+    return train_lib.train(small_cfg(tmp_path), data=train_data), tmp_path / "t"
 
 
 @pytest.fixture(scope="module")
@@ -77,34 +79,34 @@ def kd_sal_run(tmp_path_factory, train_data):
     """small_cfg with KD and saliency, trained once: (results, run directory)."""
     tmp_path = tmp_path_factory.mktemp("kd_sal")
     cfg = small_cfg(tmp_path, kd=True, sal=True)
-    return irkd.train(cfg, teacher=kd_teacher(), data=train_data), tmp_path / "t"
+    return train_lib.train(cfg, teacher=kd_teacher(), data=train_data), tmp_path / "t"
 
 
 # ----------------------------------------------------------------------------- Config
 
 def test_config_check_rejects_non_divisible_resolutions():
-    irkd.Config(patch_size=4, cl=True, resolutions=(12, 16, 20, 24, 28, 32), epochs=6).check()
-    irkd.Config(patch_size=2, cl=True, resolutions=(12, 14), epochs=2).check()
+    train_lib.RunConfig(patch_size=4, cl=True, resolutions=(12, 16, 20, 24, 28, 32), epochs=6).check()
+    train_lib.RunConfig(patch_size=2, cl=True, resolutions=(12, 14), epochs=2).check()
     with pytest.raises(ValueError, match="patch_size=4"):
-        irkd.Config(patch_size=4, cl=True, resolutions=(12, 18), epochs=2).check()
+        train_lib.RunConfig(patch_size=4, cl=True, resolutions=(12, 18), epochs=2).check()
     with pytest.raises(ValueError, match="patch_size=2"):
-        irkd.Config(patch_size=2, cl=True, resolutions=(12, 15), epochs=2).check()
+        train_lib.RunConfig(patch_size=2, cl=True, resolutions=(12, 15), epochs=2).check()
     with pytest.raises(ValueError, match="epochs"):
-        irkd.Config(cl=True, resolutions=(12, 16), epochs=3).check()
+        train_lib.RunConfig(cl=True, resolutions=(12, 16), epochs=3).check()
     with pytest.raises(ValueError, match="kd"):
-        irkd.Config(sal=True, kd=False).check()
+        train_lib.RunConfig(sal=True, kd=False).check()
 
 
 def test_config_stages():
-    assert irkd.Config(cl=True, epochs=60).stages() == [(r, 10)
+    assert train_lib.RunConfig(cl=True, epochs=60).stages() == [(r, 10)
                                                         for r in (12, 16, 20, 24, 28, 32)]
-    assert irkd.Config(cl=False, epochs=60).stages() == [(32, 60)]
-    assert irkd.Config(cl=True, resolutions=(8, 16), epochs=4).stages() == [(8, 2), (16, 2)]
+    assert train_lib.RunConfig(cl=False, epochs=60).stages() == [(32, 60)]
+    assert train_lib.RunConfig(cl=True, resolutions=(8, 16), epochs=4).stages() == [(8, 2), (16, 2)]
 
 
 def test_check_rejects_bad_eval_resolution_without_cl():
     with pytest.raises(ValueError, match="patch_size"):
-        irkd.Config(cl=False, patch_size=4, resolutions=(12, 18)).check()
+        train_lib.RunConfig(cl=False, patch_size=4, resolutions=(12, 18)).check()
 
 
 # Oracle: the images the teacher sees. Mixup (soft labels) cannot go with kd, nor erasing when
@@ -114,9 +116,9 @@ def test_check_rejects_bad_eval_resolution_without_cl():
                                 dict(erasing=1.5), dict(erasing=-0.1)])
 def test_check_rejects_recipe_extras_the_teacher_would_not_see(kw):
     with pytest.raises(ValueError, match="mixup|erasing"):
-        irkd.Config(**kw).check()
-    irkd.Config(randaug=True, erasing=1.0, mixup=True).check()       # without kd: fine
-    irkd.Config(randaug=True, erasing=0.25, kd=True).check()         # the teacher sees them too
+        train_lib.RunConfig(**kw).check()
+    train_lib.RunConfig(randaug=True, erasing=1.0, mixup=True).check()       # without kd: fine
+    train_lib.RunConfig(randaug=True, erasing=0.25, kd=True).check()         # the teacher sees them too
 
 
 def test_compile_refuses_grad_saliency(tmp_path):
@@ -129,7 +131,7 @@ def test_compile_refuses_grad_saliency(tmp_path):
 
 def test_make_optimizer_groups():
     model = tiny_vit(4, distill_token=True)
-    cfg = irkd.Config(lr=1e-3, weight_decay=0.05)
+    cfg = train_lib.RunConfig(lr=1e-3, weight_decay=0.05)
     opt = irkd.make_optimizer(model, cfg)
     assert isinstance(opt, torch.optim.AdamW)
     decay, rest = opt.param_groups
@@ -147,23 +149,23 @@ def test_make_optimizer_groups():
 
 
 def test_lr_schedule():
-    const = irkd.Config(lr=3e-4)
-    assert all(irkd.lr_at(const, s, 100, 10) == 3e-4 for s in (0, 50, 99))
-    cyc = irkd.Config(lr=4e-4, schedule="onecycle")
-    assert irkd.lr_at(cyc, 0, 100, 10) == pytest.approx(4e-5)
-    assert irkd.lr_at(cyc, 9, 100, 10) == pytest.approx(4e-4)
-    assert irkd.lr_at(cyc, 10, 100, 10) == pytest.approx(4e-4)
-    assert irkd.lr_at(cyc, 55, 100, 10) == pytest.approx(2e-4)        # half way through the cosine
-    assert irkd.lr_at(cyc, 100, 100, 10) == pytest.approx(0.0, abs=1e-12)
+    const = train_lib.RunConfig(lr=3e-4)
+    assert all(train_lib.lr_at(const, s, 100, 10) == 3e-4 for s in (0, 50, 99))
+    cyc = train_lib.RunConfig(lr=4e-4, schedule="onecycle")
+    assert train_lib.lr_at(cyc, 0, 100, 10) == pytest.approx(4e-5)
+    assert train_lib.lr_at(cyc, 9, 100, 10) == pytest.approx(4e-4)
+    assert train_lib.lr_at(cyc, 10, 100, 10) == pytest.approx(4e-4)
+    assert train_lib.lr_at(cyc, 55, 100, 10) == pytest.approx(2e-4)        # half way through the cosine
+    assert train_lib.lr_at(cyc, 100, 100, 10) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_load_model_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint at .*model.pt of a trained run"):
-        irkd.load_model(str(tmp_path / "missing.pt"))
+        train_lib.load_model(str(tmp_path / "missing.pt"))
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a model.pt written by this project"):
-        irkd.load_model(str(junk))
+        train_lib.load_model(str(junk))
 
 
 # ------------------------------------------------------------------------ curriculum and outputs
@@ -198,7 +200,7 @@ def test_curriculum_run_files_and_results(curriculum_run):
 def test_curriculum_run_config_and_checkpoint(curriculum_run):
     _, run_dir = curriculum_run
     config = json.load(open(run_dir / "config.json"))
-    assert {f.name for f in dataclasses.fields(irkd.Config)} <= set(config)
+    assert {f.name for f in dataclasses.fields(train_lib.RunConfig)} <= set(config)
     assert config["resolutions"] == [8, 16] and config["cl"] is True
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert ckpt["epoch"] == 2 and ckpt["step"] == 4    # 64 images / 32 = 2 steps per epoch
@@ -210,7 +212,7 @@ def test_saved_model_reloads_and_reproduces_test_acc(curriculum_run, train_data)
     ckpt = torch.load(run_dir / "model.pt", weights_only=True)
     assert {"model", "model_args"} <= set(ckpt)
     assert ckpt["model_args"]["preset"] == "custom" and ckpt["model_args"]["patch_size"] == 4
-    model, meta = irkd.load_model(str(run_dir / "model.pt"))
+    model, meta = train_lib.load_model(str(run_dir / "model.pt"))
     test_x, test_y = train_data["test_x"][:64], train_data["test_y"][:64]
     for res in (8, 16, 32):
         acc = irkd.evaluate(model, test_x, test_y, res)["cls"]
@@ -236,7 +238,7 @@ def test_optimizer_recreated_per_stage(tmp_path, train_data, monkeypatch, capsys
                                        expected_calls):
     calls = count_optimizers(monkeypatch)
     cfg = small_cfg(tmp_path, epochs=4, fresh_optimizer=fresh)     # 2 stages x 2 epochs
-    irkd.train(cfg, data=train_data)
+    train_lib.train(cfg, data=train_data)
     assert len(calls) == expected_calls
     if fresh:
         assert calls[0] is not calls[1]
@@ -269,13 +271,13 @@ def test_kd_sal_run_results_and_heads(kd_sal_run):
         assert set(results["heads"][h]) == {"8", "16", "32"}
     assert results["test_acc"] == results["heads"]["avg"]["32"]
     assert results["test_acc_by_res"] == results["heads"]["avg"]
-    model, _ = irkd.load_model(str(run_dir / "model.pt"))
+    model, _ = train_lib.load_model(str(run_dir / "model.pt"))
     assert model.head_dist is not None
 
 
 def test_kd_trains_the_dist_head(tmp_path, train_data, capsys):
-    irkd.train(small_cfg(tmp_path, kd=True), data=train_data, teacher=kd_teacher())
-    model, _ = irkd.load_model(str(tmp_path / "t" / "model.pt"))
+    train_lib.train(small_cfg(tmp_path, kd=True), data=train_data, teacher=kd_teacher())
+    model, _ = train_lib.load_model(str(tmp_path / "t" / "model.pt"))
     torch.manual_seed(0)
     fresh = irkd.build_model("custom", patch_size=4, distill_token=True)
     assert (model.head_dist.weight - fresh.head_dist.weight).abs().max() > 1e-4
@@ -304,7 +306,7 @@ def test_teacher_resolution(tmp_path, train_data, monkeypatch, capsys, teacher_r
     record_student_inputs(monkeypatch, events)
     teacher = RecordingTeacher(kd_teacher(), events)
     cfg = small_cfg(tmp_path, kd=True, sal=True, teacher_res=teacher_res)
-    irkd.train(cfg, teacher=teacher, data=train_data)
+    train_lib.train(cfg, teacher=teacher, data=train_data)
     pairs = teacher_calls(events)
     assert len(pairs) >= 4                                   # 2 stages x 2 steps (+ snapshots)
     seen = []
@@ -318,12 +320,12 @@ def test_teacher_resolution(tmp_path, train_data, monkeypatch, capsys, teacher_r
 
 def test_kd_requires_teacher(tmp_path, train_data):
     with pytest.raises(ValueError, match="teacher"):
-        irkd.train(small_cfg(tmp_path, kd=True), data=train_data)
+        train_lib.train(small_cfg(tmp_path, kd=True), data=train_data)
 
 
 def test_non_cl_run_is_one_stage_at_32(tmp_path, train_data, capsys):
     cfg = small_cfg(tmp_path, cl=False, resolutions=(16, 32), epochs=2)
-    irkd.train(cfg, data=train_data)
+    train_lib.train(cfg, data=train_data)
     assert [r["res"] for r in read_log(tmp_path / "t")] == [32, 32]
 
 
@@ -333,7 +335,7 @@ def test_train_reads_cfg_data(tmp_path, capsys):
     root = tmp_path / "data"
     write_cifar(root, n_per_batch=1010, n_test=40)
     cfg = small_cfg(tmp_path, data=str(root), train_size=0, val_size=16, test_size=0, epochs=2)
-    results = irkd.train(cfg)
+    results = train_lib.train(cfg)
     assert results["train_images"] == 50 and results["test_images"] == 40
     assert len(read_log(tmp_path / "t")) == 2
 
@@ -389,14 +391,14 @@ def test_evaluate_all_every_resolution():
 
 def test_learns_easy_task(tmp_path, capsys):
     data = make_data(5000 + 256, 200, kind="easy", seed=7)
-    cfg = irkd.Config(name="learn", model="custom", cl=True, resolutions=(16, 32), epochs=2,
+    cfg = train_lib.RunConfig(name="learn", model="custom", cl=True, resolutions=(16, 32), epochs=2,
                       batch_size=32, lr=1e-3, train_size=256, val_size=64, test_size=200,
                       out=str(tmp_path), device="cpu", seed=0)
     torch.manual_seed(0)
     fresh = irkd.build_model("custom", patch_size=4)
     untrained = irkd.evaluate(fresh, data["test_x"], data["test_y"], 32)
     assert untrained["cls"] < 35                              # chance is 10 %
-    results = irkd.train(cfg, data=data)
+    results = train_lib.train(cfg, data=data)
     assert results["test_acc"] > 60, results
     assert results["test_acc_by_res"]["16"] > 60, results
 
@@ -405,7 +407,7 @@ def test_learns_easy_task(tmp_path, capsys):
 # validation accuracy; test_epochs adds that epoch's test accuracy and its predictions.
 def test_best_validation_epoch_and_test_epochs(tmp_path, train_data):
     cfg = small_cfg(tmp_path, epochs=4, select="best", test_epochs=(1, 3))
-    r = irkd.train(cfg, data=train_data)
+    r = train_lib.train(cfg, data=train_data)
     rows = read_log(os.path.join(tmp_path, "t"))
     best = max(rows, key=lambda row: row["val_acc_32"])     # the first maximum wins ties
     assert r["best_epoch"] == best["epoch"] and r["select"] == "best"
@@ -418,7 +420,7 @@ def test_best_validation_epoch_and_test_epochs(tmp_path, train_data):
 
 def test_head_cls_reports_the_class_token(tmp_path, train_data):
     teacher = tiny_vit(patch_size=4)
-    r = irkd.train(small_cfg(tmp_path, kd=True, head="cls"), teacher=teacher, data=train_data)
+    r = train_lib.train(small_cfg(tmp_path, kd=True, head="cls"), teacher=teacher, data=train_data)
     assert r["test_head"] == "cls" and r["test_acc"] == r["heads"]["cls"]["32"]
 
 
@@ -426,7 +428,7 @@ def test_bad_study_fields_are_refused():
     for bad in (dict(augment="autoaug"), dict(head="dist"), dict(select="first"),
                 dict(test_epochs=(0,))):
         with pytest.raises(ValueError, match="valid|epoch in"):
-            irkd.Config(**bad).check()
+            train_lib.RunConfig(**bad).check()
 
 
 # Every replay of the notebooks runs (its switches together: no augmentation, early stopping,
@@ -439,7 +441,7 @@ def test_every_replay_runs(name, tmp_path, train_data):
                               train_size=64, val_size=32, test_size=32)
     cfg.check()
     teacher = irkd.build_model("custom", patch_size=cfg.patch_size) if cfg.kd else None
-    r = irkd.train(cfg, teacher=teacher, data=train_data)
+    r = train_lib.train(cfg, teacher=teacher, data=train_data)
     assert r["test_head"] == "cls" and r["select"] == cfg.select and 0 <= r["test_acc"] <= 100
 
 
@@ -455,7 +457,7 @@ def test_checkpointed_blocks_train_to_the_same_weights(tmp_path, train_data):
     runs_ = {}
     for ckpt in (False, True):
         cfg = small_cfg(tmp_path / str(ckpt), kd=True, sal=True, dropout=0.1, checkpoint=ckpt)
-        runs_[ckpt] = irkd.train(cfg, teacher=teacher, data=train_data)
+        runs_[ckpt] = train_lib.train(cfg, teacher=teacher, data=train_data)
     assert runs_[True]["heads"] == runs_[False]["heads"]
     a, b = (torch.load(tmp_path / str(c) / "t" / "model.pt", weights_only=True)["model"]
             for c in (False, True))
@@ -477,12 +479,13 @@ def test_saliency_file_holds_only_its_own_images_and_maps(curriculum_run):
 # weighted by its share, must give the same summed gradient (SGD with lr 1 makes the weight
 # change the gradient itself) and the same logged means and correct count, for plain CE, KD
 # and every saliency method (each of their terms is a mean over images).
-@pytest.mark.parametrize("setup", ["ce", "kd"] + [f"sal_{s}" for s in irkd.SALIENCY])
+@pytest.mark.parametrize("setup", ["ce", "kd"] + [f"sal_{s}" for s in tuple(saliency_variants.METHODS)])
 def test_micro_batches_sum_to_the_whole_batch_step(setup):
     torch.manual_seed(0)
     teacher = None if setup == "ce" else tiny_vit(4)
     loss_fn = irkd.IRKDLoss(teacher, gamma=0.8 if setup.startswith("sal") else 0.0,
-                            saliency=setup.split("_")[-1] if setup.startswith("sal") else "rollout")
+                            saliency=saliency_variants.METHODS[setup.split("_")[-1]]()
+                            if setup.startswith("sal") else None, student_depth=2)
     x, y = torch.randn(11, 3, 16, 16), torch.randint(0, 10, (11,))
     after, stats = [], []
     for micro in (0, 5):
@@ -500,7 +503,7 @@ def test_micro_batches_sum_to_the_whole_batch_step(setup):
 
 def test_micro_batch_must_not_be_negative():
     with pytest.raises(ValueError, match="micro_batch"):
-        irkd.Config(micro_batch=-1).check()
+        train_lib.RunConfig(micro_batch=-1).check()
 
 
 # micro_batch=0 is the plain step: a run with micro_batch larger than the batch (one chunk)
@@ -509,7 +512,7 @@ def test_one_chunk_is_the_plain_step(tmp_path, train_data):
     teacher = tiny_vit(patch_size=4)
     for micro in (0, 1000):
         cfg = small_cfg(tmp_path / str(micro), kd=True, sal=True, micro_batch=micro)
-        irkd.train(cfg, teacher=teacher, data=train_data)
+        train_lib.train(cfg, teacher=teacher, data=train_data)
     a, b = (torch.load(tmp_path / str(m) / "t" / "model.pt", weights_only=True)["model"]
             for m in (0, 1000))
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,363 @@
+"""The study's statistics and report, computed from the results files of finished runs.
+
+    python study.py [--out=runs] [--readme]
+
+writes runs/report.md (the paper's Table 1 beside every finished run, and per Table 1 cell the
+paper | the notebook replay | this project's default protocol) and results/study/report.md
+(the controlled study: every arm, every paired comparison with its 95 % t-interval over seeds
+and McNemar's test per seed, the claims with their verdicts); --readme also rewrites the
+generated block of docs/study.md. Nothing here trains; `make report` runs it.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import re
+import statistics
+import sys
+
+import irkd
+from experiments import (EXPERIMENTS, PAPER, REPLAY, SETUP, STUDY, STUDY_ARMS, STUDY_TEACHER,
+                         arm_name)
+
+def collect(out: str = "runs") -> dict[str, list[dict]]:
+    """Every finished run under `out` (and out/quick), grouped by cell: NAME-seedN joins NAME."""
+    groups: dict[str, dict[int, dict]] = {}
+    for path in sorted(glob.glob(os.path.join(out, "*", "results.json")) +
+                       glob.glob(os.path.join(out, "quick", "*", "results.json"))):
+        with open(path) as f:
+            r = json.load(f)
+        # by directory (a link to another run's directory counts as that run), not by the
+        # name inside
+        base = arm_name(os.path.basename(os.path.realpath(os.path.dirname(path))))
+        key = f"{base} (quick)" if r.get("quick") else base
+        groups.setdefault(key, {})[r["seed"]] = r   # one result per seed
+    return {k: list(v.values()) for k, v in groups.items()}
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def selected(r: dict) -> str:
+    """How a run's number was chosen: which weights (the best epoch's number) and which head."""
+    which = r.get("select", "last")
+    epoch = r.get("best_epoch") if which == "best" else r.get("epochs")
+    return f"{which}{f' (ep {epoch})' if epoch else ''}, {r.get('test_head', 'cls')}"
+
+
+def cell_report(out: str = "runs") -> str:
+    """Per Table 1 cell: the paper's number, the notebook replay's and this project's default
+    protocol's (mean ± std over seeds), each with how it was selected."""
+    groups = collect(out)
+    lines = ["| cell | paper | replay (orig_*) | selected | default protocol | selected |",
+             "|---|---:|---:|---|---:|---|"]
+    for name, (cell_name, *_rest) in REPLAY.items():
+        # a full-protocol run where there is one, else the quick run (so marked)
+        both = [groups.get(n) or groups.get(f"{n} (quick)") for n in (name, cell_name)]
+        cols = [(mean_std([r["test_acc"] for r in g]) + (" (quick)" if g[0].get("quick") else ""),
+                 selected(g[0])) if g else ("–", "") for g in both]
+        lines.append(f"| {cell_name} | {PAPER[cell_name]:.2f} | {cols[0][0]} | {cols[0][1]} | "
+                     f"{cols[1][0]} | {cols[1][1]} |")
+    return "\n".join(lines)
+
+
+def report(out: str = "runs") -> str:
+    """The paper's Table 1 beside ours: mean ± std over seeds, every resolution, cost, hardware.
+
+    A cell outside EXPERIMENTS (the quick teacher teacher_quick_pN, a run made with
+    --name=NAME) gets its setup and student from its own config.json, beside results.json.
+    """
+    groups = collect(out)
+    res = [str(r) for r in irkd.RESOLUTIONS]
+    head = ["cell", "setup", "student", "paper", "ours (32 px)", "selected",
+            *[f"{r} px" for r in res],
+            "seeds", "train / test imgs", "wall s", "device"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    order = list(EXPERIMENTS)
+
+    def run_config(key: str, rs: list[dict]) -> dict:
+        """The config.json of the first of a cell's runs that has one (collect's keying)."""
+        parents = [os.path.join(out, "quick"), out]       # collect() reads both
+        if not key.endswith("(quick)"):
+            parents.reverse()
+        names = [key.split(" ")[0]] + [r["name"] for r in rs if "name" in r]
+        for path in [os.path.join(p, n, "config.json") for n in names for p in parents]:
+            if os.path.exists(path):
+                try:
+                    with open(path) as f:
+                        return json.load(f)
+                except (OSError, json.JSONDecodeError):
+                    continue
+        return {}
+
+    for key in sorted(groups, key=lambda k: (k.endswith("(quick)"), order.index(k.split(" ")[0])
+                                             if k.split(" ")[0] in order else len(order), k)):
+        rs, base = groups[key], key.split(" ")[0]
+        cfg = EXPERIMENTS.get(base)
+        paper = PAPER.get(base)
+        setup = SETUP.get(base)
+        student = f"{cfg.model} p{cfg.patch_size}" if cfg else None
+        if setup is None or student is None:
+            own = run_config(key, rs)
+            if setup is None:
+                flags = [f for f, k in (("KD", "kd"), ("CL", "cl"), ("Sal", "sal")) if own.get(k)]
+                if base.startswith("teacher_"):
+                    setup = "teacher"
+                else:
+                    setup = ("+".join(flags) or "CE") if own else "?"
+            if student is None:
+                student = (f"{own['model']} p{own['patch_size']}"
+                           if "model" in own and "patch_size" in own else "?")
+        by_res = [mean_std([r["test_acc_by_res"][x] for r in rs if x in r["test_acc_by_res"]])
+                  for x in res]
+        lines.append("| " + " | ".join([
+            key, setup, student,
+            f"{paper:.2f}" if paper else "–", mean_std([r["test_acc"] for r in rs]),
+            selected(rs[0]), *by_res,
+            ",".join(str(r["seed"]) for r in rs),
+            f"{rs[0]['train_images']} / {rs[0]['test_images']}",
+            f"{statistics.mean(r['wall_s'] for r in rs):.0f}", rs[0]["device"]]) + " |")
+    return "\n".join(lines)
+
+
+# -----------------------------------------------------------------------------
+# The study's comparisons ("What holds up"): paired by seed, fixed before the runs
+# -----------------------------------------------------------------------------
+
+# Equal compute: a curriculum of 6 x 2 epochs costs about 6.3 epochs at 32 px (tokens per
+# image at 12..32 px with patch 4: 10, 17, 26, 37, 50, 65), so its twin is the fixed run's
+# epoch-6 weights; equal 32-px exposure is epoch 2. (name, arm A, at, arm B, at): A - B.
+COMPARISONS = [
+    ("CL - CE, equal epochs", "study_cl", "last", "study_ce", "last"),
+    ("CL - CE, equal compute", "study_cl", "last", "study_ce", "epoch_6"),
+    ("CL - CE, equal 32-px exposure", "study_cl", "last", "study_ce", "epoch_2"),
+    ("KD - CE", "study_kd", "last", "study_ce", "last"),
+    ("KD+CL - KD, equal epochs", "study_kd_cl", "last", "study_kd", "last"),
+    ("KD+CL - KD, equal compute", "study_kd_cl", "last", "study_kd", "epoch_6"),
+    ("KD+CL+Sal - KD+CL", "study_kd_cl_sal", "last", "study_kd_cl", "last"),
+    ("CE - CE without augmentation", "study_ce", "last", "study_ce_noaug", "last"),
+    # the paper's "CL >> CE" as its notebooks ran it: CE without augmentation as the baseline
+    ("CL - CE without augmentation", "study_cl", "last", "study_ce_noaug", "last"),
+    ("crop CL - resize CL", "study_cl_crop", "last", "study_cl", "last"),
+]
+# The paper's claims, each one comparison above; its size in the paper is Table 1's custom
+# column (CE 66.85, CL 74.89, KD 76.70, KD+CL 77.12, KD+CL+Sal 78.72), the column this study's
+# student is. The verdict rule (written when seed 0 of five arms had finished and no other seed
+# had run; the primary number was fixed before any run): over >= 2 seeds, "holds" when the 95 %
+# interval of the paired difference lies above 0, "does not hold" when it lies below 0 or
+# entirely below a fifth of the paper's size (where it gives one), else "not resolved at
+# this power".
+CLAIMS = [
+    ("the curriculum beats plain training (CL > CE)", "CL - CE, equal epochs", 74.89 - 66.85),
+    # the paper claims the curriculum saves compute but gives no timing figure (ORIGINAL.md)
+    ("the curriculum is cheaper: CL > CE at equal compute (CE's epoch-6 weights)",
+     "CL - CE, equal compute", None),
+    ("distillation beats plain training (KD > CE)", "KD - CE", 76.70 - 66.85),
+    ("the curriculum adds to distillation (KD+CL > KD)", "KD+CL - KD, equal epochs",
+     77.12 - 76.70),
+    ("saliency adds to KD+CL (KD+CL+Sal > KD+CL)", "KD+CL+Sal - KD+CL", 78.72 - 77.12),
+]
+
+
+def verdict(diffs: list[float], paper: float | None) -> tuple[str, str]:
+    """(the 95 % t-interval over seeds, the verdict by the rule above CLAIMS)."""
+    n = len(diffs)
+    if n < 2:
+        return "one seed: none", "not resolved: one seed gives no interval over seeds"
+    mean, half = statistics.mean(diffs), T975[n - 2] * statistics.stdev(diffs) / math.sqrt(n)
+    lo, hi = mean - half, mean + half
+    interval = f"[{lo:+.2f}, {hi:+.2f}]"
+    if lo > 0:
+        return interval, "holds"
+    if hi < 0:
+        return interval, "does not hold: the other way round"
+    if paper is not None and hi < paper / 5:
+        return interval, f"does not hold at the paper's size: at most {hi:+.2f}"
+    return interval, (f"not resolved at this power: {n} seeds resolve a difference of about "
+                      f"±{half:.1f} points")
+
+
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]  # t(0.975, df 1..10)
+
+
+def mcnemar_p(a_right: list[bool], b_right: list[bool]) -> float:
+    """Exact two-sided McNemar test: a binomial(n, 1/2) on the images exactly one model
+    gets right."""
+    b = sum(x and not y for x, y in zip(a_right, b_right))
+    c = sum(y and not x for x, y in zip(a_right, b_right))
+    n, k = b + c, min(b, c)
+    if n == 0:
+        return 1.0
+    log_terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2)
+                 for i in range(k + 1)]
+    return min(1.0, 2 * sum(math.exp(t) for t in log_terms))
+
+
+def load_predictions(run_dir: str) -> dict:
+    with open(os.path.join(run_dir, "predictions.json")) as f:
+        return json.load(f)
+
+
+def paired(out: str, a: str, at_a: str, b: str, at_b: str, head: str = "cls") -> list[dict]:
+    """Per seed present in both arms: each one's accuracy (%) and the McNemar p."""
+    rows = []
+    for run_a in sorted(glob.glob(os.path.join(out, a + "*", "predictions.json"))):
+        dir_a = os.path.dirname(run_a)
+        suffix = os.path.basename(dir_a)[len(a):]
+        if suffix and not re.fullmatch(r"-seed\d+", suffix):
+            continue                                       # another arm sharing the prefix
+        dir_b = os.path.join(out, b + suffix)
+        if not os.path.exists(os.path.join(dir_b, "results.json")):
+            continue
+        pa, pb = load_predictions(dir_a), load_predictions(dir_b)
+        if at_a not in pa or at_b not in pb or "labels" not in pa:
+            continue
+        y = pa["labels"]
+        ra = [p == t for p, t in zip(pa[at_a][head], y)]
+        rb = [p == t for p, t in zip(pb[at_b][head], y)]
+        rows.append(dict(seed=int(suffix[5:] or 0), a=100 * sum(ra) / len(y),
+                         b=100 * sum(rb) / len(y), p=mcnemar_p(ra, rb)))
+    return sorted(rows, key=lambda r: r["seed"])
+
+
+def final_heads(r: dict) -> dict:
+    """A result's test accuracies {head: {res: %}} of the final weights (the primary number);
+    results written before best-validation selection existed hold only "heads", the final ones."""
+    return r.get("heads_last", r["heads"])
+
+
+def study_report(out: str = "results/study") -> str:
+    """Every study arm (mean ± std over seeds), then each comparison: the mean paired
+    difference with its 95 % t-interval over seeds and the per-seed McNemar p."""
+    groups = {k: v for k, v in collect(out).items() if k in STUDY_ARMS or k.startswith("teacher_")}
+    res = [str(r) for r in irkd.RESOLUTIONS]
+    lines = ["| arm | seeds | cls 32 px (primary) | avg 32 px | best-val epoch, cls 32 px | "
+             + " | ".join(f"{r} px" for r in res) + " | train s | commit |",
+             "|---|---|---:|---:|---:|" + "---:|" * len(res) + "---:|---|"]
+    for name in [n for n in [STUDY_TEACHER.name, *STUDY_ARMS] if n in groups]:
+        rs = sorted(groups[name], key=lambda r: r["seed"])
+        last = [final_heads(r) for r in rs]
+        avg = [h["avg"]["32"] for h in last if "avg" in h]
+        best = [r.get("heads_best", r["heads"])["cls"]["32"] for r in rs]
+        lines.append("| " + " | ".join([
+            f"{name} ({SETUP[name]})", ",".join(str(r["seed"]) for r in rs),
+            mean_std([h["cls"]["32"] for h in last]), mean_std(avg) if avg else "–",
+            mean_std(best), *[mean_std([h["cls"][x] for h in last]) for x in res],
+            f"{statistics.mean(r['train_s'] for r in rs):.0f}",
+            ",".join(sorted({r.get("commit", "?")[:7] for r in rs}))]) + " |")
+    lines += ["", "| comparison (A - B, cls head, 32 px) | seeds | A | B | A - B | 95 % interval | "
+              "McNemar p per seed |", "|---|---|---:|---:|---:|---|---|"]
+    for what, a, at_a, b, at_b in COMPARISONS:
+        rows = paired(out, a, at_a, b, at_b)
+        if not rows:
+            lines.append(f"| {what} | – | | | | not run yet | |")
+            continue
+        diffs = [r["a"] - r["b"] for r in rows]
+        mean, ci = statistics.mean(diffs), verdict(diffs, None)[0]   # the claims' interval
+        lines.append(f"| {what} ({at_a} vs {at_b}) | {','.join(str(r['seed']) for r in rows)} | "
+                     f"{statistics.mean(r['a'] for r in rows):.2f} | "
+                     f"{statistics.mean(r['b'] for r in rows):.2f} | "
+                     f"{mean:+.2f} | {ci} | {', '.join(format(r['p'], '.2g') for r in rows)} |")
+    return "\n".join(lines + ["", by_resolution_table(groups), "", claims_table(out)])
+
+
+def by_resolution_table(groups: dict[str, list[dict]]) -> str:
+    """Secondary (no verdicts): each last-vs-last comparison at every test resolution, the
+    mean paired difference over seeds (cls head, final weights), from the results files: does
+    an arm's gain or loss at 32 px hold below 32 px, where the curriculum should help most?"""
+    res = [str(r) for r in irkd.RESOLUTIONS]
+    lines = ["| A - B at every resolution (secondary, cls head) | seeds | "
+             + " | ".join(f"{r} px" for r in res) + " |", "|---|---|" + "---:|" * len(res)]
+    for what, a, at_a, b, at_b in COMPARISONS:
+        if (at_a, at_b) != ("last", "last"):
+            continue
+        # per seed: {resolution: accuracy} of the final weights' cls head
+        acc_a, acc_b = ({r["seed"]: final_heads(r)["cls"]
+                         for r in groups.get(arm, [])} for arm in (a, b))
+        seeds = sorted(acc_a.keys() & acc_b.keys())
+        if seeds:
+            lines.append(f"| {what} | {','.join(map(str, seeds))} | " + " | ".join(
+                f"{statistics.mean(acc_a[s][x] - acc_b[s][x] for s in seeds):+.2f}"
+                for x in res) + " |")
+    return "\n".join(lines)
+
+
+STUDY_PAGE = "docs/study.md"     # the study's page; its generated block lies between the markers
+MARKERS = ("<!-- study-status -->", "<!-- /study-status -->")
+
+
+def study_status(out: str = "results/study") -> str:
+    """The study page's generated block: what has run (seeds per arm, CPU hours, commits), the claims
+    with their verdicts, then the whole study report, all computed from the files in `out`."""
+    groups = {k: v for k, v in collect(out).items() if k in STUDY_ARMS or k.startswith("teacher_")}
+    runs_ = [r for rs in groups.values() for r in rs]
+    if not runs_:
+        return f"No finished study run in `{out}` yet."
+    seeds = {name: sorted(r["seed"] for r in groups.get(name, [])) for name in STUDY_ARMS}
+    missing = [f"{n} (seeds {','.join(str(s) for s in range(3) if s not in got)})"
+               for n, got in seeds.items() if set(range(3)) - set(got)]
+    hours = sum(r["wall_s"] for r in runs_) / 3600
+    devices = sorted({r.get("device", "?") for r in runs_})
+    head = (f"**Where it stands** (generated by `python study.py --readme` from "
+            f"`{out}/`; CIFAR-10, JPEG q75 copy; {', '.join(devices)}; two runs sharing a 2-core "
+            f"CPU): {len(runs_)} runs finished, {hours:.1f} h of wall time in all. "
+            + (f"Still to run: {'; '.join(missing)}." if missing else "Every arm has seeds 0-2."))
+    return "\n\n".join([head, claims_table(out), study_report(out).rsplit("\n\n", 1)[0]])
+
+
+def fill_block(path: str, block: str) -> None:
+    """Replace what lies between MARKERS in `path` with `block`."""
+    with open(path) as f:
+        text = f.read()
+    start, end = (text.index(m) for m in MARKERS)
+    text = text[:start + len(MARKERS[0])] + "\n" + block + "\n" + text[end:]
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def claims_table(out: str = "results/study") -> str:
+    """One row per claim of the paper: its size there, here (mean paired difference over
+    seeds, cls head, 32 px, final weights), the interval and the verdict (rule above CLAIMS)."""
+    lines = ["| claim | paper (custom column) | here, mean over seeds | 95 % interval | seeds | "
+             "verdict |", "|---|---:|---:|---|---|---|"]
+    for claim, comparison, paper in CLAIMS:
+        what, a, at_a, b, at_b = next(c for c in COMPARISONS if c[0] == comparison)
+        size = "claimed, no figure" if paper is None else f"{paper:+.2f}"
+        rows = paired(out, a, at_a, b, at_b)
+        if not rows:
+            lines.append(f"| {claim} | {size} | | | – | not run yet |")
+            continue
+        diffs = [r["a"] - r["b"] for r in rows]
+        interval, word = verdict(diffs, paper)
+        lines.append(f"| {claim} | {size} | {statistics.mean(diffs):+.2f} | {interval} | "
+                     f"{','.join(str(r['seed']) for r in rows)} | {word} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    unknown = [a for a in argv if a != "--readme" and not a.startswith("--out=")]
+    if unknown:
+        print(f"error: unknown argument {unknown[0]!r}; usage: python study.py [--out=runs] "
+              f"[--readme]", file=sys.stderr)
+        return 2
+    out = next((a.split("=", 1)[1] for a in argv if a.startswith("--out=")), "runs")
+    for folder, make in ((out, lambda o: report(o) + "\n\n" + cell_report(o)),
+                         (STUDY["out"], study_report)):
+        if os.path.isdir(folder):
+            table = make(folder)
+            print(f"{folder}:\n{table}\n")
+            with open(os.path.join(folder, "report.md"), "w") as f:
+                f.write(table + "\n")
+    if "--readme" in argv:                  # the study page's generated block, from the same files
+        fill_block(STUDY_PAGE, study_status(STUDY["out"]))
+        print(f"{STUDY_PAGE}: the block between the study-status markers rewritten")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

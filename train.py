@@ -1,0 +1,300 @@
+"""The training loop: irkd's method on CIFAR-10, with the data (data.py) and a run's
+bookkeeping (runs.py) around it.
+
+    RunConfig   irkd.Config (the method) + the teacher's recipe and the original's switches
+                (Recipe) + where and how it runs (runs.RunOptions); every field checked
+    build       the student, its loss (IRKDLoss with the teacher) and what is compiled
+    train       the resolution curriculum, epoch by epoch, then the test at every resolution
+
+experiments.py and teacher.py call train(); the loop itself is a few short blocks, each opened
+by a comment, with the points that wait for the device labelled "sync point".
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+import data as data_lib
+import irkd
+import runs
+from irkd import spec
+from saliency_variants import METHODS
+
+
+@dataclass
+class Recipe:
+    """How a model is trained beyond the method. The teacher's recipe (teacher.py sets it for
+    the teachers it trains; students keep the defaults) and which teacher a student reads, then
+    the switches that replay the original notebooks (experiments.py's orig_* cells)."""
+    # the teacher's recipe: a warm-up + cosine schedule, label smoothing, mixup / cutmix,
+    # TrivialAugment and random erasing
+    schedule: str = spec("constant", ("constant", "onecycle"))
+    warmup_epochs: int = spec(0, "[0, inf)")
+    label_smoothing: float = spec(0.0, "[0, 1)")
+    mixup: bool = False                # mixup / cutmix, half the batches each
+    randaug: bool = False              # TrivialAugment: one random op per image
+    erasing: float = spec(0.0, "[0, 1]", "random-erasing probability per image")
+    # which teacher a student distils from
+    teacher: str = ""                  # checkpoint path; empty = the cached default teacher
+    teacher_model: str = spec("small", tuple(irkd.PRESETS))
+    teacher_patch: int = spec(0, "[0, 32]", "0 = the student's")
+    teacher_recipe: str = spec("default", ("default", "original"))  # "original": the notebooks'
+    teacher_epochs: int = spec(135, "[1, inf)")
+    # the original notebooks' protocol
+    resize_mode: str = spec("resize", ("resize", "crop"))     # "crop": the original curriculum
+    augment: str = spec("crop_flip", ("crop_flip", "crop_flip_aa", "none"))  # _aa: AutoAugment
+    loss_form: str = spec("convex", ("convex", "paper"))      # "paper": CE + alpha KD
+    saliency: str = spec("rollout", tuple(METHODS))           # saliency_variants.METHODS
+    head: str = spec("avg", ("avg", "cls"))   # the reported head: the two heads' mean, or cls
+    select: str = spec("last", ("last", "best"))  # last epoch's weights or best validation's
+    patience: int = spec(0, "[0, inf)", "> 0: end a stage after this many epochs without a "
+                                        "better validation accuracy")
+
+
+@dataclass
+class RunConfig(runs.RunOptions, Recipe, irkd.Config):
+    """Everything one run needs: the method's fields first, then the recipe, then the run's."""
+
+    def check(self) -> None:
+        """Reject a config that cannot run, with a message that says what to change."""
+        try:
+            super().check()               # every field's range, and the method's own rules
+            self._check_combinations()
+        except ValueError as e:
+            raise ValueError(f"config {self.name!r}: {e}") from None
+
+    def _check_combinations(self) -> None:
+        if self.randaug and self.augment == "crop_flip_aa":
+            raise ValueError("randaug=True (TrivialAugment) and augment='crop_flip_aa' "
+                             "(AutoAugment) each pick one policy per image; choose one of them")
+        if self.kd and (self.mixup or (self.erasing and self.teacher_res == "full")):
+            raise ValueError("mixup, and erasing with teacher_res='full', cannot be combined "
+                             "with kd: the teacher would not see the images the student sees")
+        method = METHODS[self.saliency]
+        if self.compile and self.sal and not method.compilable:
+            raise ValueError(f"compile=True cannot run saliency={self.saliency!r} (second-order "
+                             f"gradients or hooks); use --compile=false or --saliency=rollout")
+        if self.checkpoint and self.sal and not method.recomputable:
+            raise ValueError(f"checkpoint=True is not supported with saliency={self.saliency!r} "
+                             f"(second-order gradients through recomputed blocks are untested); "
+                             f"use --checkpoint=false")
+        t_patch = self.teacher_patch or self.patch_size
+        if self.kd and (32 % t_patch or (self.teacher_res == "same" and self.cl
+                                         and any(r % t_patch for r in self.resolutions))):
+            raise ValueError(f"teacher_patch={t_patch} must divide 32 and, with "
+                             f"teacher_res='same', every curriculum resolution {self.resolutions}")
+        if any(not 1 <= e <= self.epochs for e in self.test_epochs):
+            raise ValueError(f"test_epochs={self.test_epochs}: each must be an epoch in "
+                             f"1..{self.epochs}")
+
+
+# =============================================================================
+# Building the model and its loss
+# =============================================================================
+
+def model_args(cfg: RunConfig) -> dict:
+    return dict(preset=cfg.model, patch_size=cfg.patch_size, distill_token=cfg.kd,
+                dropout=cfg.dropout)
+
+
+def build(cfg: RunConfig, teacher: nn.Module | None, device: torch.device):
+    """The model to train and its loss -> (model, the teacher on the device, step_model, loss_fn).
+
+    step_model is what the steps run: the same module, compiled with cfg.compile (the weights
+    are shared, so save and load through `model`); the loss's teacher_forward likewise.
+    """
+    torch.manual_seed(cfg.seed)            # the initial weights are a function of the seed
+    model = irkd.build_model(**model_args(cfg)).to(device)
+    model.grad_checkpoint = cfg.checkpoint
+    teacher = teacher.to(device) if cfg.kd else None   # without kd a given teacher is unused
+    loss_fn = irkd.IRKDLoss(teacher, alpha=cfg.alpha, temperature=cfg.temperature,
+                            hard=cfg.hard_kd, gamma=cfg.gamma if cfg.sal else 0.0,
+                            label_smoothing=cfg.label_smoothing, loss_form=cfg.loss_form,
+                            saliency=METHODS[cfg.saliency](), student_depth=len(model.blocks))
+    step_model = runs.maybe_compile(model, cfg.compile, device)
+    # the teacher's forward that runs (its logits, or its logits and map): compiled as it is
+    loss_fn.teacher_forward = runs.maybe_compile(loss_fn.teacher_forward, cfg.compile, device)
+    return model, teacher, step_model, loss_fn
+
+
+def lr_at(cfg: RunConfig, step: int, total_steps: int, warmup_steps: int) -> float:
+    """The learning rate at `step`: constant, or linear warm-up then cosine to zero."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if step < warmup_steps:
+        return cfg.lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def load_model(path: str, device: torch.device | str = "cpu") -> tuple[irkd.ViT, dict]:
+    """Rebuild a model saved by train() -> (model, checkpoint metadata)."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no checkpoint at {path}; "
+                                "pass the model.pt of a trained run") from None
+    except Exception as e:                       # torch's own text here is pages long
+        why = "not a torch checkpoint, or a truncated one"
+        raise ValueError(f"{path} is not a model.pt written by this project ({why}); pass the "
+                         "model.pt of a trained teacher (runs/teacher_*/model.pt)") from e
+    try:
+        model = irkd.build_model(**ckpt["model_args"])
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else "no model"
+        why = f"{type(e).__name__}: {first}"
+        raise ValueError(f"{path} is not a model.pt written by this project ({why}); pass the "
+                         "model.pt of a trained teacher (runs/teacher_*/model.pt)") from e
+    return model.to(device), ckpt
+
+
+# =============================================================================
+# The loop
+# =============================================================================
+
+def train(cfg: RunConfig, *, teacher: nn.Module | None = None, data: dict | None = None,
+          teacher_info: dict | None = None) -> dict:
+    """Train one model through the curriculum, test it at every resolution -> results.json's dict.
+
+    teacher: the frozen teacher when cfg.kd; data: load_cifar10()'s dict (read from
+    cfg.data when None). runs.Run writes runs/NAME/ and resumes a run that was cut short.
+    """
+    cfg.check()                                 # a bad config fails here, before any work
+    if cfg.kd and teacher is None:
+        raise ValueError(f"config {cfg.name!r} has kd=True but no teacher was given")
+    run = runs.Run(cfg, teacher_info=teacher_info)  # device, runs/NAME/, a checkpoint to resume
+    d = data_lib.prepare(data if data is not None else data_lib.load_cifar10(cfg.data),
+                         device=run.device, train_size=cfg.train_size, val_size=cfg.val_size,
+                         test_size=cfg.test_size, batch_size=cfg.batch_size)
+    model, teacher, step_model, loss_fn = build(cfg, teacher, run.device)
+    # every random draw of the data comes from these three generators, all saved in checkpoints
+    sampler = data_lib.EpochSampler(len(d["train_x"]), cfg.batch_size, cfg.seed, run.device)
+    mix_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    aug_gen = torch.Generator(device=run.device).manual_seed(cfg.seed + 2)
+    stages, steps = cfg.stages(), sampler.steps_per_epoch()     # [(res, epochs)], steps/epoch
+    total_epochs = sum(e for _, e in stages)
+    run.start(model, dict(sampler_rng=sampler.generator, mix_rng=mix_gen, aug_rng=aug_gen),
+              model_args=model_args(cfg), params=irkd.count_params(model), epochs=total_epochs,
+              images_per_epoch=steps * cfg.batch_size)
+
+    epoch, opt = 0, None
+    for stage, (res, epochs) in enumerate(stages):
+        for stage_epoch in range(1, epochs + 1):
+            epoch += 1
+            # skip what a resumed run finished, and (patience > 0) a stage that stopped improving
+            if epoch <= run.done or (cfg.patience and run.epochs_since_best(stage) >= cfg.patience):
+                continue
+            # a fresh AdamW at every stage start: each resolution begins with new moments
+            new_stage = cfg.fresh_optimizer and stage_epoch == 1
+            if opt is None or new_stage:
+                opt = irkd.make_optimizer(model, cfg)
+                if run.opt_state is not None and not new_stage:
+                    opt.load_state_dict(run.opt_state)  # resumed mid-stage, or one AdamW for all
+            # one epoch of steps at `res`; nothing in this loop waits for the device
+            model.train()
+            loss_fn.train()
+            sums = torch.zeros(5, device=run.device)        # loss, ce, kd, sal, correct
+            run.begin_epoch(f"{cfg.name} {res}px ep {epoch}/{total_epochs}")
+            crop = res if cfg.resize_mode == "crop" else 32  # "crop": res px cut out directly
+            for idx, offsets, flips in sampler.epoch(crop=crop, augment=cfg.augment != "none"):
+                # the student's view at res; the teacher's: the same, or 32 px of the same image;
+                # a per-image policy on the crop: AutoAugment, TrivialAugment (randaug) or none
+                aa = cfg.augment == "crop_flip_aa"
+                xs, xt = data_lib.make_views(d["train_x"][idx], offsets, flips, res,
+                                             cfg.resize_mode,
+                                             full_view=cfg.kd and cfg.teacher_res == "full",
+                                             aug_gen=aug_gen if cfg.randaug or aa else None,
+                                             policy="autoaugment" if aa else "trivial")
+                xs, target = data_lib.recipe_extras(xs, d["train_y"][idx], aug_gen=aug_gen,
+                                                    erasing=cfg.erasing,
+                                                    mix_gen=mix_gen if cfg.mixup else None)
+                lr = lr_at(cfg, run.step, steps * total_epochs, cfg.warmup_epochs * steps)
+                run.before_step()
+                stats = irkd.train_step(step_model, loss_fn, opt, xs, target,
+                                        labels=d["train_y"][idx],
+                                        teacher_input=xs if xt is None else xt, lr=lr,
+                                        micro_batch=cfg.micro_batch)
+                sums += stats
+                run.after_step(stats[0])                    # the NaN watch, on the device
+            # sync point: the NaN flag, read once per epoch; then validation (more sync points)
+            seconds = run.end_steps(f"stage {stage} ({res} px), epoch {epoch}")
+            checked = validate(model, d, res, cfg, test=epoch in cfg.test_epochs)
+            # stage end: rollout maps of a fixed handful of test images, for plots.py
+            snap = (saliency_snapshot(model, teacher, d["test_x"][:8], res, cfg.teacher_res)
+                    | dict(images=d["test_x"][:8], labels=d["test_y"][:8])
+                    if stage_epoch == epochs else None)
+            run.end_epoch(model, opt, sums, seconds, snapshot=snap, stage=stage, res=res,
+                          epoch=epoch, stage_epoch=stage_epoch, lr=lr, **checked)
+
+    # test: the last weights, and the best validation epoch's, at every resolution
+    run.begin_test()
+    best = run.best_state if run.best_epoch not in (None, run.done) else None  # done: last epoch
+    test, predictions = test_all(model, best, d, cfg)
+    return run.finish(model, test, predictions=predictions, test_x=d["test_x"], labels=d["test_y"],
+                      params=irkd.count_params(model), epochs=total_epochs, stages=stages,
+                      teacher=teacher_info, train_images=len(d["train_x"]))
+
+
+# =============================================================================
+# An epoch's checks, the test, the saliency snapshots
+# =============================================================================
+
+def main_head(heads: dict, wanted: str = "avg") -> str:
+    """The reported head: `wanted` where the model has it, else "cls" (no distillation token)."""
+    return wanted if wanted in heads else "cls"
+
+
+def validate(model: nn.Module, d: dict, res: int, cfg: RunConfig, test: bool = False) -> dict:
+    """An epoch's checks -> the log row's fields: validation at `res` and at 32 px (the
+    reported head's 32-px accuracy, select_val, picks the best epoch); with test=True also
+    the test set at 32 px (its predictions go to predictions.json)."""
+    val = irkd.evaluate(model, d["val_x"], d["val_y"], res)
+    val32 = val if res == 32 else irkd.evaluate(model, d["val_x"], d["val_y"], 32)
+    head = main_head(val, cfg.head)
+    tested = irkd.predict(model, d["test_x"], 32) if test else None
+    return dict(select_val=val32[head], test_predictions=tested, val_acc=val[head], val_heads=val,
+                val_acc_32=val32[head], val_heads_32=val32,
+                test_heads_32=irkd.accuracy(tested, d["test_y"]) if tested else None)
+
+
+def test_all(model: nn.Module, best_state: dict | None, d: dict, cfg: RunConfig):
+    """The last weights (and the best validation epoch's, when they differ) on the test set at
+    every resolution -> (results.json's test fields, {which: 32-px predictions})."""
+    def predict_all(m):
+        bar = tqdm(sorted(set(cfg.resolutions) | {32}), desc=f"test ({len(d['test_x'])} images)",
+                   unit="res", leave=False)
+        return {r: irkd.predict(m, d["test_x"], r) for r in bar}
+    final = best = predict_all(model)
+    if best_state is not None:
+        best_model = irkd.build_model(**model_args(cfg)).to(d["test_x"].device)
+        best_model.load_state_dict(best_state)
+        best = predict_all(best_model)
+    heads = {w: irkd.by_resolution(p, d["test_y"]) for w, p in (("last", final), ("best", best))}
+    head, chosen = main_head(heads["last"], cfg.head), heads[cfg.select]
+    test = dict(test_acc=chosen[head]["32"], test_head=head, test_acc_by_res=chosen[head],
+                heads=chosen, select=cfg.select, heads_last=heads["last"], heads_best=heads["best"])
+    return test, dict(last=final[32], best=best[32])
+
+
+@torch.no_grad()
+def saliency_snapshot(model: nn.Module, teacher: nn.Module | None, images: torch.Tensor, res: int,
+                      teacher_res: str) -> dict:
+    """Rollout maps of the student (and teacher) for a fixed handful of images, for plots.py."""
+    was_training = model.training
+    model.eval()
+    x = irkd.normalize(images)
+    _, attn = model(irkd.resize(x, res), return_attn=True)
+    # clone: a map is a view of its (B, N, N) flow, which torch.save would store whole
+    snap = dict(res=res, student=irkd.attention_rollout(attn, num_prefix=model.num_prefix)
+                .cpu().clone())
+    if teacher is not None:
+        _, t_attn = teacher(irkd.resize(x, 32 if teacher_res == "full" else res), return_attn=True)
+        snap["teacher"] = irkd.attention_rollout(t_attn, num_prefix=teacher.num_prefix).cpu().clone()
+    model.train(was_training)
+    return snap
