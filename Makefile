@@ -11,7 +11,7 @@ RUNS   ?= $(patsubst %/log.jsonl,%,$(wildcard runs/*/log.jsonl runs/quick/*/log.
 
 PY    := $(VENV)/bin/python
 FLAGS := --data=$(DATA) --device=$(DEVICE) $(if $(filter 1 true yes,$(QUICK)),--quick) $(ARGS)
-VARIANTS := exp1a exp1b saliency_p2 small_p4_all kdonly table beyond cpu cpu_beyond cpu_teacher study
+VARIANTS := exp1a exp1b saliency_p2 small_p4_all kdonly table beyond original study
 
 .PHONY: setup test list teacher plots study_plots report bench $(VARIANTS)
 
@@ -48,9 +48,10 @@ study_plots: setup
 	$(PY) plots.py $(patsubst %/log.jsonl,%,$(wildcard results/study/*/log.jsonl)) --out docs/figures/study
 
 # runs/*/results.json -> a Markdown table, paper vs ours (runs/report.md); and the study's
-# arms and paired comparisons from results/study/ (results/study/report.md).
+# arms and paired comparisons from results/study/ (results/study/report.md, and the generated
+# block of docs/study.md).
 report: setup
-	$(PY) experiments.py report
+	$(PY) study.py --readme
 
 # Speed: images/s per preset, mode and resolution, pipeline overhead, curriculum cost, FLOP/s.
 bench: setup

@@ -1,17 +1,10 @@
 """IRKD: inter-resolution knowledge distillation for Vision Transformers, the method alone.
 
-Read top to bottom, in the order of the paper:
-
-  1. model       ViT with a distillation token and a resampled position embedding, PRESETS
-  2. saliency    attention rollout, the saliency loss, RolloutSaliency (the paper's map)
-  3. losses      kd_loss, IRKDLoss (owns the frozen teacher's forward)
-  4. config      Config: the method's fields, each with its valid range
-  5. curriculum  the views (normalise, resize), the stages, make_optimizer, train_step
-  6. evaluation  predict, evaluate, evaluate_all: every head at every resolution 12..32
-
-torch and the standard library only: copy this file alone into your project and
-`ViT`, `IRKDLoss` and `train_step` work. The loop with its data and bookkeeping is
-train.py; other saliency maps (the original notebooks', Grad-CAM) are saliency_variants.py.
+Read top to bottom, in the order of the paper: 1. the ViT (distillation token, resampled
+position embedding); 2. attention rollout and the saliency loss; 3. kd_loss and IRKDLoss;
+4. Config; 5. the curriculum's views, stages and training step; 6. evaluation at every
+resolution. torch and the standard library only: copy this file alone into your project.
+The loop with its data and bookkeeping is train.py; other saliency maps saliency_variants.py.
 """
 from __future__ import annotations
 
@@ -91,11 +84,9 @@ class Block(nn.Module):
 class ViT(nn.Module):
     """A plain ViT; with distill_token=True, a DeiT-style student with two heads.
 
-    Tokens are [cls, (dist), patch_1 ... patch_n]. One learned position embedding
-    for the native grid (img_size / patch_size) is resampled to the grid of
-    whatever resolution comes in, so the same model runs at 12 px and at 32 px.
-    forward(x) -> cls logits (B, C), or (cls, dist) logits with a distillation token;
-    forward(x, return_attn=True) -> (that, per-block (B, heads, N, N) probabilities).
+    Tokens are [cls, (dist), patch_1 ... patch_n]. One learned position embedding for the
+    native grid is resampled to the grid of whatever resolution comes in. forward(x) -> cls
+    logits (B, C), or the (cls, dist) pair; return_attn=True adds the per-block attention.
     """
 
     def __init__(self, *, dim: int, depth: int, heads: int, mlp_dim: int, patch_size: int,
@@ -139,12 +130,9 @@ class ViT(nn.Module):
             nn.init.zeros_(m.bias)
 
     def pos_embed_for(self, gh: int, gw: int) -> torch.Tensor:
-        """The position embedding for a gh x gw grid: bicubic resampling of the native table.
-
-        Identity at the native grid; prefix tokens are never resampled. Done in
-        float32 with an explicit output size, and from the one parameter, so
-        every stage of the curriculum trains the same table.
-        """
+        """The position embedding for a gh x gw grid: bicubic resampling of the native table
+        (identity at the native grid; prefix tokens untouched), in float32 with an explicit
+        size, from the one parameter, so every stage of the curriculum trains the same table."""
         if (gh, gw) == (self.grid, self.grid):
             return self.pos_embed
         prefix, patches = self.pos_embed[:, :self.num_prefix], self.pos_embed[:, self.num_prefix:]
@@ -262,10 +250,9 @@ def attention_rollout(attentions: list[torch.Tensor], token: int = 0, num_prefix
                       head_fusion: str = "mean", discard_ratio: float = 0.0) -> torch.Tensor:
     """How much each patch flows into `token` through all layers -> (B, gh, gw).
 
-    attentions: per layer (B, heads, N, N) probabilities. Pure, batched and
-    differentiable, so the student's map can be trained. Per layer: fuse the heads,
-    optionally drop the weakest links, add the identity (the residual), renormalise the
-    rows, multiply onto the flow so far (rollout_step); then read row `token`.
+    attentions: per layer (B, heads, N, N) probabilities. Pure, batched and differentiable;
+    per layer: fuse the heads, optionally drop the weakest links, add the identity (the
+    residual), renormalise the rows, multiply onto the flow (rollout_step); read row `token`.
     """
     rollout = None
     for attn in attentions:
@@ -281,10 +268,8 @@ def minmax_normalize(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 
 
 def saliency_loss(student_map: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tensor:
-    """MSE between min-max normalised maps (B, gh, gw).
-
-    A finer teacher map is area-pooled to the student's grid first.
-    """
+    """MSE between min-max normalised maps (B, gh, gw); a finer teacher map is area-pooled
+    to the student's grid first."""
     if teacher_map.shape[-2:] != student_map.shape[-2:]:
         # (B, 1, gh', gw') -> pooled to (B, 1, gh, gw) -> (B, gh, gw)
         teacher_map = F.adaptive_avg_pool2d(teacher_map[:, None], student_map.shape[-2:])[:, 0]
@@ -293,17 +278,12 @@ def saliency_loss(student_map: torch.Tensor, teacher_map: torch.Tensor) -> torch
 
 class RolloutSaliency:
     """The paper's saliency term: the student's attention rollout (cls row) against the
-    teacher's, saliency_loss between them. Every saliency method has these four parts, so
-    another map plugs into IRKDLoss by passing an object like this one (saliency_variants.py
-    has three):
+    teacher's. Needs from the student: return_attn=True (the explicit attention path).
 
-        student_forward(student, x) -> (outputs, internals)  the forward, exposing what the
-                                                               map reads (here: attention)
-        student_map(student, outputs, internals, y)          -> map(s), differentiable
-        teacher_map(teacher, x, y, student_depth)             -> (logits, map(s)), no graph
-        loss(student_maps, teacher_maps)                      -> a scalar
-
-    Needs from the student: return_attn=True (the explicit attention path).
+    Every saliency method has these four parts; another map plugs into IRKDLoss as an object
+    like this one (saliency_variants.py has three): student_forward(student, x) -> (outputs,
+    what the map reads); student_map(...) -> map(s), differentiable; teacher_map(...) ->
+    (logits, map(s)) without a graph; loss(student maps, teacher maps) -> a scalar.
     """
     name = "rollout"
     # a plain forward for the teacher (torch.compile takes it); no second-order gradients, so
@@ -335,13 +315,9 @@ class RolloutSaliency:
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0,
             hard: bool = False) -> torch.Tensor:
-    """Soft KD: T^2 * KL(softmax(t/T) || softmax(s/T)), averaged over the batch.
-
-    The KL is summed over classes and divided by the batch size ("batchmean"),
-    the textbook scale. Dividing by B*C instead (as DeiT's code does) would
-    shrink the term tenfold on CIFAR-10. hard=True is DeiT's hard distillation:
-    cross-entropy against the teacher's argmax.
-    """
+    """Soft KD: T^2 * KL(softmax(t/T) || softmax(s/T)), summed over classes and divided by
+    the batch size ("batchmean", the textbook scale; DeiT's code divides by B*C, a tenfold
+    smaller term on CIFAR-10). hard=True: DeiT's hard distillation, CE against the argmax."""
     if hard:
         return F.cross_entropy(student_logits, teacher_logits.argmax(dim=-1))
     T = temperature
@@ -351,11 +327,8 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 
 
 class TeacherWithMap(nn.Module):
-    """The frozen teacher's forward that the saliency term needs -> (logits, map(s)).
-
-    A module of its own so that torch.compile can compile exactly what runs (the teacher's
-    blocks with the map folded in), not a wrapper that is never called.
-    """
+    """The frozen teacher's forward for the saliency term -> (logits, map(s)); a module of
+    its own so that torch.compile compiles exactly what runs (blocks with the map folded in)."""
 
     def __init__(self, teacher: nn.Module, saliency, student_depth: int):
         super().__init__()
@@ -430,12 +403,10 @@ class IRKDLoss(nn.Module):
         """The loss of one batch -> (loss, parts), parts detached for logging.
 
         Args:
-            outputs: the student's logits (B, C), or its (cls, dist) logits, each (B, C).
+            outputs: the student's (cls, dist) logits, each (B, C); (B, C) without a teacher.
             y: labels (B,), or soft targets (B, C) (mixup / cutmix).
-            teacher_input: the teacher's view of the same images (B, 3, H, W): the student's
-                own view, or the 32-px one (teacher_res="full").
-            internals, student: what student_forward returned beside the outputs, and the
-                student module; read only by the saliency term.
+            teacher_input: the teacher's view of the same images (B, 3, H, W).
+            internals, student: student_forward's second output, and the student (saliency).
         """
         # B batch, C classes; y: (B,) labels, or (B, C) soft targets
         cls_logits = outputs[0] if isinstance(outputs, tuple) else outputs      # (B, C)
@@ -477,21 +448,13 @@ class IRKDLoss(nn.Module):
 # =============================================================================
 
 def spec(default, valid: str | tuple, doc: str = ""):
-    """A dataclass field that states its valid values once: an interval such as "(0, inf)" or
-    "[0, 1)" for numbers, a tuple of choices for strings. check_fields() enforces it."""
+    """A field that states its valid values once: an interval "(0, inf)", "[0, 1)", or a
+    tuple of choices. check_fields() enforces it."""
     return field(default=default, metadata=dict(valid=valid, doc=doc))
 
 
-def _in_interval(value: float, interval: str) -> bool:
-    lo, hi = (float(v) for v in interval[1:-1].split(","))
-    above = value > lo if interval[0] == "(" else value >= lo
-    below = value < hi if interval[-1] == ")" else value <= hi
-    return above and below
-
-
 def check_fields(cfg) -> None:
-    """Every field declared with spec() against its valid values -> ValueError naming the field
-    and what is valid (one line), before any work starts."""
+    """Every spec() field against its valid values -> a one-line ValueError naming both."""
     for f in dataclasses.fields(cfg):
         # a subclass that only changes a default (experiments.Exp1a) keeps the base's range
         valid = next((c.__dataclass_fields__[f.name].metadata["valid"] for c in type(cfg).__mro__
@@ -503,7 +466,10 @@ def check_fields(cfg) -> None:
         if isinstance(valid, tuple):
             if value not in valid:
                 raise ValueError(f"{f.name}={value!r}; valid: {', '.join(map(str, valid))}")
-        elif not _in_interval(value, valid):
+            continue
+        lo, hi = (float(v) for v in valid[1:-1].split(","))        # "[0, 1)" -> 0.0, 1.0
+        if not ((value > lo if valid[0] == "(" else value >= lo)
+                and (value < hi if valid[-1] == ")" else value <= hi)):
             raise ValueError(f"{f.name}={value} is out of range; valid: {valid}")
 
 
@@ -607,10 +573,9 @@ def train_step(model: nn.Module, loss_fn: IRKDLoss, opt: torch.optim.Optimizer, 
 
     x: the student's view (B, 3, res, res); target: labels (B,) or soft targets (B, C);
     labels: for the accuracy count; teacher_input: the teacher's view of the same images.
-    micro_batch > 0: forward and backward in chunks of that many images, each chunk's loss
-    weighted by its share of B. Every term of the loss is a mean over images, so the summed
-    gradient is the whole batch's, up to float rounding, with a fraction of the activations.
-    Nothing here waits for the device (bench.py times this same function).
+    micro_batch > 0: chunks of that many images, each loss weighted by its share of B (every
+    term is a mean over images: the whole batch's gradient, up to float rounding, with less
+    memory). Nothing here waits for the device.
     """
     for group in opt.param_groups:
         group["lr"] = lr                       # the schedule is a plain number per step
@@ -650,11 +615,9 @@ def predict(model: nn.Module, x: torch.Tensor, res: int,
             batch_size: int = 0) -> dict[str, torch.Tensor]:
     """Predicted classes at resolution `res` -> {"cls": (N,)}, or {"cls", "dist", "avg"}.
 
-    x: uint8 images (N, 3, 32, 32). They go through the same normalise + antialiased resize
-    as in training. "avg" is the argmax of the sum of the two heads' softmax probabilities.
-    (DeiT's code averages the logits instead; the two can differ where one head is far more
-    confident.)
-    """
+    x: uint8 images (N, 3, 32, 32), normalised and resized as in training. "avg" is the argmax
+    of the two heads' summed softmax (DeiT averages logits; they differ where one head is far
+    more confident)."""
     # N images in batches of B = batch_size, C classes. By default B is sized by tokens: 500
     # images up to 66 tokens (patch 4 at 32 px), fewer above, so that a patch-2 model's
     # activations (258 tokens) stay near a patch-4 model's
@@ -692,13 +655,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, res: int,
     return accuracy(predict(model, x, res, batch_size), y)
 
 
-def predict_all(model: nn.Module, x: torch.Tensor, resolutions=RESOLUTIONS) -> dict:
-    """{res: {head: (N,) predictions}} at every resolution; 32 px always included."""
-    return {r: predict(model, x, r) for r in sorted(set(resolutions) | {32})}
-
-
 def by_resolution(preds: dict, y: torch.Tensor) -> dict[str, dict[str, float]]:
-    """predict_all()'s output -> {head: {"12": acc, ..., "32": acc}}."""
+    """{res: {head: (N,) predictions}} -> {head: {"12": acc, ..., "32": acc}}."""
     per_res = {r: accuracy(p, y) for r, p in preds.items()}
     return {h: {str(r): per_res[r][h] for r in per_res} for h in per_res[32]}
 
@@ -706,4 +664,4 @@ def by_resolution(preds: dict, y: torch.Tensor) -> dict[str, dict[str, float]]:
 def evaluate_all(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  resolutions=RESOLUTIONS) -> dict[str, dict[str, float]]:
     """{head: {"12": acc, ..., "32": acc}} on every resolution; 32 px always included."""
-    return by_resolution(predict_all(model, x, resolutions), y)
+    return by_resolution({r: predict(model, x, r) for r in sorted(set(resolutions) | {32})}, y)

@@ -331,9 +331,13 @@ class Run:
         """
         cfg, ckpt = self.cfg, self.ckpt
         self.generators, self.model_args = generators, model_args
-        write_json(self.path("config.json"),
-                   dict(dataclasses.asdict(cfg), **config_extra,
-                        teacher_info=self.teacher_info, commit=self.commit))
+        config = dataclasses.asdict(cfg)
+        for key in ("data", "out", "teacher"):   # paths relative to the repository inside it
+            if config.get(key):
+                config[key] = repo_relative(config[key])
+        write_json(self.path("config.json"), dict(config, **config_extra,
+                                                  teacher_info=self.teacher_info,
+                                                  commit=self.commit))
         if ckpt is not None:  # continue exactly where the last completed epoch left off
             model.load_state_dict(ckpt["model"])
             for key, gen in generators.items():

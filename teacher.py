@@ -177,6 +177,7 @@ def main(argv: list[str]) -> int:
         base = RunConfig(out=f"{out}/quick" if quick else out)  # where quick students look for it
         cfg = teacher_config(overrides.pop("patch_size", 4), quick=quick, base=base)
         cfg = dataclasses.replace(cfg, **overrides)
+        cfg.check()                  # a bad number fails here, before the time estimate
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

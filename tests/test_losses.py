@@ -7,6 +7,7 @@ recomputed from the public parts (F.cross_entropy, kd_loss, attention_rollout, s
 The saliency loss itself is documented in test_saliency.py.
 """
 import math
+import os
 
 import numpy as np
 import pytest
@@ -157,3 +158,53 @@ def test_teacher_attn_maps_taken_as_it_goes_equal_the_stored_ones():
         want_logits, attentions = teacher(x, return_attn=True)
     assert torch.equal(logits, want_logits)
     assert torch.equal(t_maps, saliency_variants.cls_attention_maps(attentions, num_prefix=1))
+
+
+# ----------------------------------------------------------------------------- the contract
+
+# Oracle: DeiT's DistillationLoss contract. A student without a distillation token gives one
+# (B, C) tensor; reading outputs[1] would silently take the second image's logits.
+def test_kd_with_a_one_head_student_raises():
+    torch.manual_seed(0)
+    teacher, student = tiny_vit(4), tiny_vit(4)                      # no distillation token
+    x, y = torch.randn(3, 3, 16, 16), torch.tensor([1, 2, 3])
+    loss_fn = irkd.IRKDLoss(teacher)
+    with pytest.raises(ValueError, match="distillation token"):
+        loss_fn(student(x), y, teacher_input=x)
+
+
+# Oracle: kd_loss against the teacher's own logits. KD alone reads only the teacher's logits,
+# so any module that maps images to (B, C) logits serves (here a linear model, not a ViT).
+def test_kd_alone_accepts_any_teacher_that_returns_logits():
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 10))
+    student = tiny_vit(4, distill_token=True)
+    x, y = torch.randn(3, 3, 16, 16), torch.tensor([1, 2, 3])
+    cls, dist = student(x)
+    loss, parts = irkd.IRKDLoss(teacher, alpha=0.5)((cls, dist), y, teacher_input=x)
+    with torch.no_grad():
+        kd = irkd.kd_loss(dist, teacher(x))
+    torch.testing.assert_close(loss, 0.5 * F.cross_entropy(cls, y) + 0.5 * kd, atol=1e-6, rtol=0)
+    assert not any(p.requires_grad for p in teacher.parameters())   # frozen by the loss
+
+
+# Oracle: the file system. irkd.py copied alone into an empty folder (no other file of this
+# project beside it) imports, and the README's usage block runs there and prints its two lines.
+def test_irkd_copied_alone_runs_the_readme_block(tmp_path):
+    import re
+    import shutil
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shutil.copy(os.path.join(root, "irkd.py"), tmp_path / "irkd.py")
+    with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    code = re.search(r"^## Reading the code$.*?^```python\n(.*?)^```", readme, re.M | re.S)[1]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["12 px", "32 px"], done.stdout
+    assert sorted(os.listdir(tmp_path)) == ["__pycache__", "irkd.py"] or \
+        sorted(os.listdir(tmp_path)) == ["irkd.py"]
