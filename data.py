@@ -1,7 +1,7 @@
 """CIFAR-10 on the device: loading, the split, the sampler, augmentation and the two views.
 
     load_cifar10      the official python files (downloaded, md5-checked, when missing)
-    split_train_val   the paper's fixed 45,000 / 5,000 split
+    split_train_val   the fixed 45,000 / 5,000 split
     prepare           subsets and every tensor moved to the training device once
     EpochSampler      every random draw of an epoch (order, crop offsets, flips)
     make_views        the student's view at `res` and the teacher's view of the same image
@@ -148,7 +148,10 @@ def load_cifar10(root: str = "data", download: bool = True) -> dict[str, torch.T
 
 
 def split_train_val(x: torch.Tensor, y: torch.Tensor, val_size: int = 5000, seed: int = 42):
-    """The paper's fixed split of the 50,000 training images (45,000 train / 5,000 val)."""
+    """This project's fixed split of the 50,000 training images: 5,000 validation images, the
+    *first* 5,000 of a seed-42 permutation, and the other 45,000 for training. (The notebooks'
+    random_split(..., [45000, 5000], generator=manual_seed(42)) draws the same permutation but
+    takes the *last* 5,000 for validation; the study's runs depend on this one.)"""
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     val, train = perm[:val_size], perm[val_size:]
     return x[train], y[train], x[val], y[val]

@@ -38,8 +38,7 @@ from train import RunConfig  # noqa: E402
 
 @dataclass
 class Exp1a(RunConfig):
-    """KD + CL: the custom student (~0.55 M) at patch 4, as the seed README names
-    Experiment 1a; a ViT-Small teacher, the 12 -> 32 px curriculum, 60 epochs."""
+    """KD + CL: the custom student (~0.55 M) at patch 4 (the seed README's Experiment 1a)."""
     name: str = "exp1a"
     model: str = "custom"
     patch_size: int = 4
@@ -127,8 +126,7 @@ TEACHERS = [("teacher_small_p4", 4, 86.00), ("teacher_small_p2", 2, 82.95)]
 
 # the named variants as written above; every other cell from its row
 EXPERIMENTS = NAMED | {c.name: c for c in SMALL_P4_ALL}
-EXPERIMENTS |= {name: cell(name, s, p, setup) for name, s, p, setup, _ in TABLE
-                if name not in EXPERIMENTS}
+EXPERIMENTS |= {n: cell(n, s, p, setup) for n, s, p, setup, _ in TABLE if n not in EXPERIMENTS}
 EXPERIMENTS |= {name: teacher_lib.teacher_config(patch) for name, patch, _ in TEACHERS}
 PAPER = {row[0]: row[-1] for row in TABLE} | {name: acc for name, _, acc in TEACHERS}
 SETUP = ({name: setup for name, _, _, setup, _ in TABLE}
@@ -326,9 +324,7 @@ def list_experiments() -> str:
     lines = [f"{'name':38s} {'student':8s} {'patch':>5s}  {'paper %':>7s}  setup"]
     for name, cfg in EXPERIMENTS.items():
         paper = f"{PAPER[name]:7.2f}" if PAPER.get(name) else f"{'–':>7s}"
-        setup = SETUP.get(name) or ("+".join(f for f, on in (("KD", cfg.kd), ("CL", cfg.cl),
-                                                             ("Sal", cfg.sal)) if on) or "CE")
-        lines.append(f"{name:38s} {cfg.model:8s} {cfg.patch_size:5d}  {paper}  {setup}")
+        lines.append(f"{name:38s} {cfg.model:8s} {cfg.patch_size:5d}  {paper}  {SETUP[name]}")
     lines.append("")
     lines += [f"{g:20s} = {' '.join(names)}" for g, names in GROUPS.items()]
     lines.append(f"\nnamed variants: {', '.join([*NAMED, 'small_p4_all'])}")
@@ -363,8 +359,11 @@ def main(argv: list[str]) -> int:
         import bench
         return bench.main(rest)
     show = name == "show"
+    if show and not rest:
+        print("usage: python experiments.py show NAME [--field=value ...]", file=sys.stderr)
+        return 2
     if show:
-        name, rest = (rest[0], rest[1:]) if rest else ("", [])
+        name, rest = rest[0], rest[1:]
     if name not in valid:
         print(f"error: unknown experiment {name!r}; valid: list, show, {', '.join(valid)}",
               file=sys.stderr)

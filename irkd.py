@@ -447,10 +447,10 @@ class IRKDLoss(nn.Module):
 # 4. Config: the method's fields, each with its valid range
 # =============================================================================
 
-def spec(default, valid: str | tuple, doc: str = ""):
+def spec(default, valid: str | tuple):
     """A field that states its valid values once: an interval "(0, inf)", "[0, 1)", or a
     tuple of choices. check_fields() enforces it."""
-    return field(default=default, metadata=dict(valid=valid, doc=doc))
+    return field(default=default, metadata=dict(valid=valid))
 
 
 def check_fields(cfg) -> None:
@@ -483,7 +483,7 @@ class Config:
     in train.RunConfig, which extends this class."""
     # the student
     model: str = spec("custom", tuple(PRESETS))
-    patch_size: int = spec(4, "[1, 32]", "must divide every resolution")
+    patch_size: int = spec(4, "[1, 32]")     # must divide every resolution
     dropout: float = spec(0.0, "[0, 1)")
     # the three ideas: knowledge distillation, the resolution curriculum, saliency
     kd: bool = False
@@ -502,7 +502,7 @@ class Config:
     temperature: float = spec(4.0, "(0, inf)")
     hard_kd: bool = False
     gamma: float = spec(0.8, "[0, inf)")
-    teacher_res: str = spec("same", ("same", "full"), "the student's view, or 32 px")
+    teacher_res: str = spec("same", ("same", "full"))  # the student's view, or 32 px
 
     def stages(self) -> list[tuple[int, int]]:
         """[(resolution, epochs), ...]: six 10-epoch stages with cl, else 60 epochs at 32 px."""

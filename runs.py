@@ -316,6 +316,8 @@ class Run:
         self.commit = git_commit()
         self.done, self.step, self.train_s, self.opt_state = 0, 0, 0.0, None
         self.rows, self.snapshots, self.generators, self.predictions = [], [], {}, {}
+        self.starts: list[dict] = []      # every start of this run: its commit ("-dirty": a tree
+                                          # with uncommitted changes) and the epochs done before
         # the best validation epoch so far: its number, its accuracy and a copy of its weights
         self.best_epoch, self.best_val, self.best_state = None, float("-inf"), None
 
@@ -353,6 +355,7 @@ class Run:
                 # dropout draws on the GPU's generator
                 torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
             self.done, self.step, self.train_s = ckpt["epoch"], ckpt["step"], ckpt["train_s"]
+            self.starts = ckpt.get("starts", [])
             self.opt_state = ckpt["optimizer"]
             if ckpt.get("best") is not None:  # absent in checkpoints written before it existed
                 best = ckpt["best"]
@@ -375,6 +378,7 @@ class Run:
                                  f"the run over") from e
             print(f"resuming {cfg.name} from {self.path('checkpoint.pt')} "
                   f"after epoch {self.done}/{epochs}")
+        self.starts.append(dict(commit=self.commit, after_epoch=self.done))
         # the log holds exactly the finished epochs; later lines are appended as epochs end
         with open(self.path("log.jsonl") + ".tmp", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in self.rows)
@@ -454,6 +458,7 @@ class Run:
                          cuda_rng=(torch.cuda.get_rng_state_all()
                                    if self.device.type == "cuda" else None),
                          model_args=self.model_args, teacher_info=self.teacher_info,
+                         starts=self.starts,
                          best=dict(epoch=self.best_epoch, val=self.best_val,
                                    model=self.best_state)),
                     self.path("checkpoint.pt"))
@@ -492,6 +497,7 @@ class Run:
                        train_s=round(self.train_s, 1), device=device_name(self.device),
                        seed=cfg.seed,
                        **extra, test_images=len(test_x), quick=cfg.quick, commit=self.commit,
+                       starts=self.starts,
                        peak_memory_mib=peak_memory_mib(self.device),
                        # which copy of the data: the official archive and the JPEG copy differ here
                        test_md5=hashlib.md5(test_x.cpu().numpy().tobytes()).hexdigest())

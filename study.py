@@ -10,6 +10,7 @@ generated block of docs/study.md. Nothing here trains; `make report` runs it.
 """
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import math
@@ -18,9 +19,11 @@ import re
 import statistics
 import sys
 
+import bench
 import irkd
 from experiments import (EXPERIMENTS, PAPER, REPLAY, SETUP, STUDY, STUDY_ARMS, STUDY_TEACHER,
                          arm_name)
+
 
 def collect(out: str = "runs") -> dict[str, list[dict]]:
     """Every finished run under `out` (and out/quick), grouped by cell: NAME-seedN joins NAME."""
@@ -33,6 +36,7 @@ def collect(out: str = "runs") -> dict[str, list[dict]]:
         # name inside
         base = arm_name(os.path.basename(os.path.realpath(os.path.dirname(path))))
         key = f"{base} (quick)" if r.get("quick") else base
+        r["_dir"] = os.path.dirname(path)            # where its config.json and predictions are
         groups.setdefault(key, {})[r["seed"]] = r   # one result per seed
     return {k: list(v.values()) for k, v in groups.items()}
 
@@ -169,7 +173,8 @@ def verdict(diffs: list[float], paper: float | None) -> tuple[str, str]:
     n = len(diffs)
     if n < 2:
         return "one seed: none", "not resolved: one seed gives no interval over seeds"
-    mean, half = statistics.mean(diffs), T975[n - 2] * statistics.stdev(diffs) / math.sqrt(n)
+    se = statistics.stdev(diffs) / math.sqrt(n)
+    mean, half = statistics.mean(diffs), t_quantile(0.975, n - 1) * se
     lo, hi = mean - half, mean + half
     interval = f"[{lo:+.2f}, {hi:+.2f}]"
     if lo > 0:
@@ -178,8 +183,100 @@ def verdict(diffs: list[float], paper: float | None) -> tuple[str, str]:
         return interval, "does not hold: the other way round"
     if paper is not None and hi < paper / 5:
         return interval, f"does not hold at the paper's size: at most {hi:+.2f}"
-    return interval, (f"not resolved at this power: {n} seeds resolve a difference of about "
-                      f"±{half:.1f} points")
+    smaller = (f"; smaller than the paper's {paper:+.2f}" if paper is not None and hi < paper
+               else "")
+    return interval, (f"not resolved at this power (half-width ±{half:.2f}; {n} seeds detect "
+                      f"{detectable(se, n):.2f} with 80 % power){smaller}")
+
+
+# -----------------------------------------------------------------------------
+# Student's t, central and noncentral, by one numerical integral (no scipy): T' = (Z + lam) / W
+# with W = sqrt(chi2_df / df), so P(T' > c) = E_W[1 - Phi(c W - lam)], integrated over W's
+# density by Simpson's rule (W's density is finite at 0 for every df >= 1).
+# -----------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _w_density_grid(df: int, steps: int = 4000) -> tuple[tuple[float, float], ...]:
+    """[(w, Simpson weight * density of W at w)] over [0, top]: W = sqrt(chi2_df / df)."""
+    top = 1 + 12 / math.sqrt(df) + 4
+    h = top / steps
+    out = []
+    for i in range(steps + 1):
+        w = i * h
+        v = df * w * w                        # density of W: 2 df w f_chi2(df w^2)
+        log_f = ((df / 2 - 1) * math.log(v) - v / 2 - (df / 2) * math.log(2)
+                 - math.lgamma(df / 2)) if v > 0 else None
+        dens = 2 * df * w * math.exp(log_f) if log_f is not None else (2.0 if df == 1 else 0.0)
+        if df == 1 and w == 0:
+            dens = 2 * math.sqrt(1 / (2 * math.pi))   # |Z|'s density at 0
+        simpson = 1 if i in (0, steps) else (4 if i % 2 else 2)
+        out.append((w, simpson * h / 3 * dens))
+    return tuple(out)
+
+
+def _phi(x: float) -> float:
+    return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+
+
+def t_cdf(x: float, df: int) -> float:
+    """P(T <= x) for Student's t with df degrees of freedom."""
+    return sum(weight * _phi(x * w) for w, weight in _w_density_grid(df))
+
+
+@functools.lru_cache(maxsize=None)
+def t_quantile(p: float, df: int) -> float:
+    """The x with t_cdf(x, df) = p (bisection; t(0.975, 2) = 4.303)."""
+    lo, hi = -1000.0, 1000.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def t_power(lam: float, df: int, alpha: float = 0.05) -> float:
+    """The power of the two-sided one-sample (paired) t-test at level alpha when the true
+    difference is lam standard errors: P(|T'| > t(1 - alpha / 2, df)), T' noncentral."""
+    c = t_quantile(1 - alpha / 2, df)
+    return sum(weight * (1 - _phi(c * w - lam) + _phi(-c * w - lam))
+               for w, weight in _w_density_grid(df))
+
+
+def detectable(se: float, n: int, power: float = 0.8) -> float:
+    """The smallest true difference that n seeds detect with this power (two-sided 5 %), given
+    the standard error se of the mean difference (bisection on the noncentrality)."""
+    lo, hi = 0.0, 100.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_power(mid, n - 1) < power else (lo, mid)
+    return hi * se
+
+
+def seeds_needed(mean: float, sd: float, power: float = 0.8, most: int = 200) -> int | None:
+    """The fewest seeds whose paired t-test detects a true difference `mean` with this power
+    when the paired differences have standard deviation sd; None above `most`."""
+    for n in range(2, most + 1):
+        if t_power(abs(mean) / (sd / math.sqrt(n)), n - 1) >= power:
+            return n
+    return None
+
+
+def paired_t_p(diffs: list[float]) -> float:
+    """Two-sided p of the paired t-test that the mean difference is 0."""
+    n, sd = len(diffs), statistics.stdev(diffs)
+    if sd == 0:
+        return 0.0 if statistics.mean(diffs) else 1.0
+    t = statistics.mean(diffs) / (sd / math.sqrt(n))
+    return min(1.0, 2 * (1 - t_cdf(abs(t), n - 1)))
+
+
+def holm(ps: list[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (same order as given)."""
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    adjusted, running = [0.0] * len(ps), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]  # t(0.975, df 1..10)
@@ -225,6 +322,22 @@ def paired(out: str, a: str, at_a: str, b: str, at_b: str, head: str = "cls") ->
     return sorted(rows, key=lambda r: r["seed"])
 
 
+def short_commit(commit: str) -> str:
+    """"135f34b...-dirty" -> "135f34b-dirty": a tree with uncommitted changes says so."""
+    return commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
+def commits(r: dict) -> set[str]:
+    """Every commit a run started or finished on: each start's (results written since the
+    runs record them), else the last start's (config.json) and the finish's (results.json)."""
+    found = {s["commit"] for s in r.get("starts", [])} | {r.get("commit", "?")}
+    config = os.path.join(r.get("_dir", ""), "config.json")
+    if not r.get("starts") and os.path.exists(config):
+        with open(config) as f:
+            found.add(json.load(f).get("commit", "?"))
+    return {short_commit(c) for c in found}
+
+
 def final_heads(r: dict) -> dict:
     """A result's test accuracies {head: {res: %}} of the final weights (the primary number);
     results written before best-validation selection existed hold only "heads", the final ones."""
@@ -249,7 +362,7 @@ def study_report(out: str = "results/study") -> str:
             mean_std([h["cls"]["32"] for h in last]), mean_std(avg) if avg else "–",
             mean_std(best), *[mean_std([h["cls"][x] for h in last]) for x in res],
             f"{statistics.mean(r['train_s'] for r in rs):.0f}",
-            ",".join(sorted({r.get("commit", "?")[:7] for r in rs}))]) + " |")
+            ",".join(sorted({c for r in rs for c in commits(r)}))]) + " |")
     lines += ["", "| comparison (A - B, cls head, 32 px) | seeds | A | B | A - B | 95 % interval | "
               "McNemar p per seed |", "|---|---|---:|---:|---:|---|---|"]
     for what, a, at_a, b, at_b in COMPARISONS:
@@ -263,7 +376,8 @@ def study_report(out: str = "results/study") -> str:
                      f"{statistics.mean(r['a'] for r in rows):.2f} | "
                      f"{statistics.mean(r['b'] for r in rows):.2f} | "
                      f"{mean:+.2f} | {ci} | {', '.join(format(r['p'], '.2g') for r in rows)} |")
-    return "\n".join(lines + ["", by_resolution_table(groups), "", claims_table(out)])
+    return "\n".join(lines + ["", by_resolution_table(groups), "", curriculum_cost(out), "",
+                               claims_table(out)])
 
 
 def by_resolution_table(groups: dict[str, list[dict]]) -> str:
@@ -299,14 +413,13 @@ def study_status(out: str = "results/study") -> str:
     if not runs_:
         return f"No finished study run in `{out}` yet."
     seeds = {name: sorted(r["seed"] for r in groups.get(name, [])) for name in STUDY_ARMS}
-    missing = [f"{n} (seeds {','.join(str(s) for s in range(3) if s not in got)})"
-               for n, got in seeds.items() if set(range(3)) - set(got)]
     hours = sum(r["wall_s"] for r in runs_) / 3600
     devices = sorted({r.get("device", "?") for r in runs_})
     head = (f"**Where it stands** (generated by `python study.py --readme` from "
             f"`{out}/`; CIFAR-10, JPEG q75 copy; {', '.join(devices)}; two runs sharing a 2-core "
-            f"CPU): {len(runs_)} runs finished, {hours:.1f} h of wall time in all. "
-            + (f"Still to run: {'; '.join(missing)}." if missing else "Every arm has seeds 0-2."))
+            f"CPU): {len(runs_)} runs finished, {hours:.1f} h of wall time in all. Seeds per arm: "
+            + "; ".join(f"{n} {','.join(map(str, got)) or 'none'}" for n, got in seeds.items())
+            + ".")
     return "\n\n".join([head, claims_table(out), study_report(out).rsplit("\n\n", 1)[0]])
 
 
@@ -322,21 +435,70 @@ def fill_block(path: str, block: str) -> None:
 
 def claims_table(out: str = "results/study") -> str:
     """One row per claim of the paper: its size there, here (mean paired difference over
-    seeds, cls head, 32 px, final weights), the interval and the verdict (rule above CLAIMS)."""
+    seeds, cls head, 32 px, final weights), the interval and the verdict (rule above CLAIMS);
+    then the paired t-test's p, Holm-adjusted over the family of claims, and the seeds that
+    80 % power needs at the measured spread for a true difference of the mean seen here."""
     lines = ["| claim | paper (custom column) | here, mean over seeds | 95 % interval | seeds | "
-             "verdict |", "|---|---:|---:|---|---|---|"]
+             "verdict | paired t p | Holm p (5 claims) | verdict after Holm | seeds for 80 % "
+             "power at this mean |", "|---|---:|---:|---|---|---|---:|---:|---|---:|"]
+    found = []
     for claim, comparison, paper in CLAIMS:
         what, a, at_a, b, at_b = next(c for c in COMPARISONS if c[0] == comparison)
-        size = "claimed, no figure" if paper is None else f"{paper:+.2f}"
         rows = paired(out, a, at_a, b, at_b)
+        found.append((claim, paper, [r["a"] - r["b"] for r in rows], rows))
+    ps = [paired_t_p(d) if len(d) >= 2 else 1.0 for _, _, d, _ in found]
+    for (claim, paper, diffs, rows), p, p_holm in zip(found, ps, holm(ps)):
+        size = "claimed, no figure" if paper is None else f"{paper:+.2f}"
         if not rows:
-            lines.append(f"| {claim} | {size} | | | – | not run yet |")
+            lines.append(f"| {claim} | {size} | | | – | not run yet | | | | |")
             continue
-        diffs = [r["a"] - r["b"] for r in rows]
         interval, word = verdict(diffs, paper)
-        lines.append(f"| {claim} | {size} | {statistics.mean(diffs):+.2f} | {interval} | "
-                     f"{','.join(str(r['seed']) for r in rows)} | {word} |")
+        mean = statistics.mean(diffs)
+        after = ("one seed: none" if len(diffs) < 2 else "not resolved" if p_holm >= 0.05
+                 else "holds" if mean > 0 else "the other way round")
+        need = seeds_needed(mean, statistics.stdev(diffs)) if len(diffs) >= 2 else None
+        lines.append(f"| {claim} | {size} | {mean:+.2f} | {interval} | "
+                     f"{','.join(str(r['seed']) for r in rows)} | {word} | {p:.2g} | "
+                     f"{p_holm:.2g} | {after} | {need if need else 'more than 200'} |")
     return "\n".join(lines)
+
+
+def curriculum_cost(out: str = "results/study") -> str:
+    """The curriculum's cost beside the fixed-resolution run's: by tokens and by matmul FLOPs
+    per image (student forward and backward, the teacher's forward, rollout with Sal; machine-
+    independent), and the training time each seed took here (a shared CPU: indicative only)."""
+    groups = collect(out)
+    lines = ["| A / B | by tokens | by FLOPs | measured training time, per seed (shared CPU) |",
+             "|---|---:|---:|---|"]
+    for a, b in (("study_cl", "study_ce"), ("study_kd_cl", "study_kd"),
+                 ("study_kd_cl_sal", "study_kd")):
+        ca, cb = (EXPERIMENTS[n] for n in (a, b))
+        tokens, flops = ({n: sum(e * f(c, r) for r, e in c.stages()) for n, c in ((a, ca), (b, cb))}
+                         for f in (_tokens, _flops))
+        times = {r["seed"]: r["train_s"] for r in groups.get(a, [])}
+        ratio = sorted(times[r["seed"]] / r["train_s"] for r in groups.get(b, [])
+                       if r["seed"] in times)
+        lines.append(f"| {a} / {b} | {tokens[a] / tokens[b]:.2f} | {flops[a] / flops[b]:.2f} | "
+                     + (f"{ratio[0]:.2f}-{ratio[-1]:.2f} over {len(ratio)} seeds |" if ratio
+                        else "– |"))
+    return "\n".join(lines)
+
+
+def _tokens(cfg, res: int) -> int:
+    return bench.num_tokens(res, cfg.patch_size, 2 if cfg.kd else 1)
+
+
+def _flops(cfg, res: int) -> int:
+    """Matmul FLOPs of one training step per image at `res` (the study's teacher: cfg's
+    teacher_model at the student's patch and view)."""
+    prefix = 2 if cfg.kd else 1
+    flops = 3 * bench.forward_flops(cfg.model, res, cfg.patch_size, prefix)
+    if cfg.kd:
+        flops += bench.forward_flops(cfg.teacher_model, res, cfg.patch_size, 1)
+    if cfg.sal:
+        flops += (3 * bench.rollout_flops(cfg.model, res, cfg.patch_size, prefix)
+                  + bench.rollout_flops(cfg.teacher_model, res, cfg.patch_size, 1))
+    return flops
 
 
 def main(argv: list[str]) -> int:

@@ -38,11 +38,11 @@ class Recipe:
     label_smoothing: float = spec(0.0, "[0, 1)")
     mixup: bool = False                # mixup / cutmix, half the batches each
     randaug: bool = False              # TrivialAugment: one random op per image
-    erasing: float = spec(0.0, "[0, 1]", "random-erasing probability per image")
+    erasing: float = spec(0.0, "[0, 1]")        # random-erasing probability per image
     # which teacher a student distils from
     teacher: str = ""                  # checkpoint path; empty = the cached default teacher
     teacher_model: str = spec("small", tuple(irkd.PRESETS))
-    teacher_patch: int = spec(0, "[0, 32]", "0 = the student's")
+    teacher_patch: int = spec(0, "[0, 32]")      # 0 = the student's
     teacher_recipe: str = spec("default", ("default", "original"))  # "original": the notebooks'
     teacher_epochs: int = spec(135, "[1, inf)")
     # the original notebooks' protocol
@@ -52,8 +52,8 @@ class Recipe:
     saliency: str = spec("rollout", tuple(METHODS))           # saliency_variants.METHODS
     head: str = spec("avg", ("avg", "cls"))   # the reported head: the two heads' mean, or cls
     select: str = spec("last", ("last", "best"))  # last epoch's weights or best validation's
-    patience: int = spec(0, "[0, inf)", "> 0: end a stage after this many epochs without a "
-                                        "better validation accuracy")
+    # > 0: end a stage after this many epochs without a better validation accuracy
+    patience: int = spec(0, "[0, inf)")
 
 
 @dataclass
