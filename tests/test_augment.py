@@ -23,7 +23,6 @@ import torch
 
 import data as data_lib
 import train as train_lib
-import irkd
 from conftest import crop_flip_oracle, small_cfg, tiny_vit
 
 OPS = {name: i for i, name in enumerate(data_lib.AUG_OPS)}

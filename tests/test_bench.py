@@ -3,7 +3,9 @@ documented JSON, and a training step that never reads a tensor on the host.
 
 Oracles: token counts N = prefix + (r/4)^2 summed by hand for the ideal curriculum ratio
 (211/396 with the dist token); the forward FLOP formula written out for the custom preset and
-checked against the model's own linear-layer weights; a synthetic report whose step times are
+checked against the model's own linear-layer weights; the tiny run's FLOPs per step counted by
+hand per cell, and the relations between its timings (images/s = batch / step time, ...);
+a synthetic report whose step times are
 proportional to the tokens gives exactly the ideal; Tensor methods that read on the host
 patched to fail inside the step (the CPU stand-in for "no host synchronisation").
 """
@@ -89,19 +91,46 @@ def test_bench_tiny_run_writes_json(tiny_bench):
     assert "peak memory after each preset" in printed
 
 
-def test_bench_tiny_run_cells(tiny_bench):
+# Oracle: FLOPs per step of 8 images counted by hand (the module docstring's formula; custom
+# D=128, depth 4, M=256; the ViT-Small teacher D=384, depth 12, M=1536; patch 4, so 9 patches
+# at 12 px and 64 at 32 px, N = patches + 1 (CE) or + 2 (KD)). One student forward at 12 px,
+# CE: embed 2*9*48*128 = 110,592 + blocks 4*(2*10*131,072 + 4*100*128) = 10,690,560 + head
+# 2,560 = 10,803,712; the step is 3 forwards (+ the teacher's one; + rollouts, depth*2*N^3,
+# for KD+Sal): e.g. KD at 12 px: 8 * (3 * 11,897,856 + 426,855,936) = 3,700,396,032.
+HAND_GFLOP_PER_STEP = {
+    ("CE", "12"): 0.259289088, ("KD", "12"): 3.700396032, ("KD+Sal", "12"): 3.700843584,
+    ("CE", "32"): 1.862381568, ("KD", "32"): 24.618995712, ("KD+Sal", "32"): 24.726922944,
+}
+HAND_TOKENS = {("CE", "12"): 10, ("KD", "12"): 11, ("KD+Sal", "12"): 11,
+               ("CE", "32"): 65, ("KD", "32"): 66, ("KD+Sal", "32"): 66}
+
+
+# Relations that must hold between the measured fields (batch 8, one timed step each):
+# images/s = 8 / step_s; FLOP/s = FLOPs / step_s; mfu = FLOP/s / the matmul peak; the overhead's
+# full step is the cell's step, its ratio full / (bare student + bare teacher), and the bare
+# teacher is the teacher forward timed on its own (fused for KD, explicit for KD+Sal, none for CE).
+def test_bench_tiny_run_cells_match_hand_flops_and_their_timings(tiny_bench):
     _, rep, _ = tiny_bench
-    for mode in ("CE", "KD", "KD+Sal"):
-        for r in ("12", "32"):
-            cell = rep["train"]["custom"][mode][r]
-            for k in ("step_s", "images_per_s", "gflop_per_step", "flops_per_s", "mfu"):
-                assert cell[k] > 0, (mode, r, k)
-            o = rep["overhead"]["custom"][mode][r]
-            assert o["ratio"] > 0 and o["full_step_s"] > 0 and o["bare_student_s"] > 0
-            assert (o["bare_teacher_s"] > 0) == (mode != "CE")
-    for r in ("12", "32"):
-        assert rep["teacher_forward"][r]["images_per_s"] > 0
-        assert rep["teacher_forward"][r]["explicit_images_per_s"] > 0
+    B, peak = 8, rep["peak"]["flops_per_s"]
+    assert set(rep["train"]["custom"]) == {"CE", "KD", "KD+Sal"}
+    for (mode, r), gflop in HAND_GFLOP_PER_STEP.items():
+        cell = rep["train"]["custom"][mode][r]
+        assert cell["gflop_per_step"] == pytest.approx(gflop, rel=1e-12), (mode, r)
+        assert cell["tokens"] == HAND_TOKENS[mode, r], (mode, r)
+        assert cell["steps"] == 1 and cell["step_s_all"] == [cell["step_s"]]
+        assert cell["step_s_median"] == cell["step_s"] and cell["step_s"] > 0
+        assert cell["images_per_s"] == pytest.approx(B / cell["step_s"], rel=1e-9)
+        assert cell["flops_per_s"] == pytest.approx(gflop * 1e9 / cell["step_s"], rel=1e-9)
+        assert cell["mfu"] == pytest.approx(cell["flops_per_s"] / peak, rel=1e-9)
+        o = rep["overhead"]["custom"][mode][r]
+        assert o["full_step_s"] == cell["step_s"]
+        tf = rep["teacher_forward"][r]
+        teacher_s = {"CE": 0.0, "KD": B / tf["images_per_s"],
+                     "KD+Sal": B / tf["explicit_images_per_s"]}[mode]
+        assert o["bare_teacher_s"] == pytest.approx(teacher_s, rel=1e-9, abs=0.0), (mode, r)
+        assert o["bare_student_s"] > 0
+        assert o["ratio"] == pytest.approx(o["full_step_s"] / (o["bare_student_s"] + teacher_s),
+                                           rel=1e-9)
 
 
 def test_curriculum_ratio_from_step_times():

@@ -3,21 +3,18 @@ variants and groups of the study, configs_for (overrides, --quick), and the repo
 Nothing here trains or reads data: every call fails or stops before that (the fixture
 conftest.no_data_no_training makes loading data or training an error).
 
-Oracles: the design of the named variants written out by hand (DESIGN below); the paper's
-numbers printed beside the cells; the error text naming the bad field; mean and sample
-standard deviation over seeds computed by hand for the report.
+Oracles: the design of the named variants written out by hand (DESIGN below); the catalogue
+`list` prints, transcribed by hand (LISTED); the replays' settings transcribed per cell from
+docs/reproducing.md (REPLAYED); a textbook t-table and t-intervals computed by hand for the
+verdicts; the error text naming the bad field; mean and sample standard deviation over seeds
+computed by hand for the report.
 """
-import json
-import statistics
-import os
 
 import pytest
 
 import data as data_lib
 import train as train_lib
-import study
 import experiments
-import irkd
 import runs
 import teacher as teacher_lib
 from conftest import make_data
@@ -37,14 +34,51 @@ SMALL_P4_ALL_SETUPS = {(False, False, False), (False, True, False), (True, False
                        (True, True, False), (True, True, True)}
 
 
-def test_list_prints_every_name(capsys):
+# Oracle: the catalogue written out by hand (README's experiment table, docs/reproducing.md's
+# Table 1 cells): every row `list` prints, as name -> (student preset, patch, paper %), with
+# "–" where a cell has no paper number; nothing more, nothing less.
+LISTED = {
+    "exp1a": ("custom", 4, "77.12"), "exp1b": ("custom", 4, "78.72"),
+    "saliency_p2": ("tiny", 2, "81.67"), "kdonly": ("tiny", 2, "82.28"),
+    "tiny_p4_ce": ("tiny", 4, "74.00"), "tiny_p4_cl": ("tiny", 4, "79.67"),
+    "tiny_p4_kd": ("tiny", 4, "81.35"), "tiny_p4_kd_cl": ("tiny", 4, "83.29"),
+    "tiny_p4_kd_cl_sal": ("tiny", 4, "84.29"),
+    "custom_p2_ce": ("custom", 2, "66.85"), "custom_p2_cl": ("custom", 2, "74.89"),
+    "custom_p2_kd": ("custom", 2, "76.70"), "custom_p2_kd_cl": ("custom", 2, "77.12"),
+    "custom_p2_kd_cl_sal": ("custom", 2, "78.72"),
+    "custom_p4_ce": ("custom", 4, "66.85"), "custom_p4_cl": ("custom", 4, "74.89"),
+    "custom_p4_kd": ("custom", 4, "76.70"), "tiny_p2_kd_cl": ("tiny", 2, "79.92"),
+    "teacher_small_p4": ("small", 4, "86.00"), "teacher_small_p2": ("small", 2, "82.95"),
+    "orig_custom_p2_ce": ("custom", 2, "66.85"), "orig_custom_p2_cl": ("custom", 2, "74.89"),
+    "orig_custom_p2_kd": ("custom", 2, "76.70"), "orig_custom_p2_kd_cl": ("custom", 2, "77.12"),
+    "orig_custom_p2_kd_cl_sal": ("custom", 2, "78.72"),
+    "orig_tiny_p2_kd": ("tiny", 2, "82.28"), "orig_tiny_p2_kd_cl": ("tiny", 2, "79.92"),
+    "orig_tiny_p2_kd_cl_sal": ("tiny", 2, "81.67"),
+    "orig_tiny_p4_ce": ("tiny", 4, "74.00"), "orig_tiny_p4_cl": ("tiny", 4, "79.67"),
+    "orig_tiny_p4_kd": ("tiny", 4, "81.35"), "orig_tiny_p4_kd_cl": ("tiny", 4, "83.29"),
+    "orig_tiny_p4_kd_cl_sal": ("tiny", 4, "84.29"),
+    "orig_teacher_small_p4": ("small", 4, "86.00"), "orig_teacher_small_p2": ("small", 2, "82.95"),
+    "study_ce": ("custom", 4, "–"), "study_ce_noaug": ("custom", 4, "–"),
+    "study_cl": ("custom", 4, "–"), "study_cl_crop": ("custom", 4, "–"),
+    "study_kd": ("custom", 4, "–"), "study_kd_cl": ("custom", 4, "–"),
+    "study_kd_cl_sal": ("custom", 4, "–"), "teacher_custom_p4_30ep": ("custom", 4, "–"),
+    "tiny_p4_kd_cl_sal_fullres": ("tiny", 4, "–"), "tiny_p4_kd_cl_sal_carryopt": ("tiny", 4, "–"),
+    "tiny_p4_kd_cl_sal_grad": ("tiny", 4, "–"),
+}
+LISTED_GROUPS = {"small_p4_all", "table", "beyond", "study", "original"}
+
+
+def test_list_prints_the_catalogue_written_out_by_hand(capsys):
     assert experiments.main(["list"]) == 0
     out = capsys.readouterr().out
-    for name in list(experiments.EXPERIMENTS) + list(experiments.GROUPS) + list(experiments.NAMED):
-        assert name in out
-    for name, *_ in experiments.TABLE:
-        assert name in out
-    assert "66.85" in out and "84.29" in out                 # the paper numbers beside the cells
+    head, groups, named = out.strip().split("\n\n")
+    rows = {}
+    for line in head.splitlines()[1:]:                 # after the header line
+        name, student, patch, paper, *_ = line.split()
+        rows[name] = (student, int(patch), paper)
+    assert rows == LISTED
+    assert {line.split(" = ")[0].strip() for line in groups.splitlines()} == LISTED_GROUPS
+    assert named.strip() == "named variants: exp1a, exp1b, saliency_p2, kdonly, small_p4_all"
 
 
 def test_named_variants_match_the_design():
@@ -118,36 +152,6 @@ def test_configs_for_applies_overrides_and_quick():
         c.check()
 
 
-# ----------------------------------------------------------------------------- report
-
-def write_result(root, dirname, name, seed, acc, quick=False):
-    os.makedirs(root / dirname, exist_ok=True)
-    by_res = {str(r): acc - (32 - r) / 4 for r in irkd.RESOLUTIONS}
-    with open(root / dirname / "results.json", "w") as f:
-        json.dump(dict(name=name, seed=seed, test_acc=acc, test_acc_by_res=by_res, quick=quick,
-                       train_images=10000, test_images=10000, wall_s=100.0 + 2 * seed,
-                       device="cpu (test)"), f)
-
-
-def test_report_mean_std_over_seeds_and_links(tmp_path):
-    # Oracle: mean and sample std by hand. Seeds of one cell share a row; a directory that is
-    # a link to another run's directory is that run (counted once, under the real name).
-    write_result(tmp_path, "custom_p4_ce-seed0", "custom_p4_ce-seed0", 0, 50.0)
-    write_result(tmp_path, "custom_p4_ce-seed1", "custom_p4_ce-seed1", 1, 54.0)
-    write_result(tmp_path, "teacher_x_plain", "teacher_x_plain", 0, 57.7)
-    os.symlink("teacher_x_plain", tmp_path / "teacher_x")
-    groups = study.collect(str(tmp_path))
-    assert sorted(groups) == ["custom_p4_ce", "teacher_x_plain"]
-    lines = study.report(str(tmp_path)).splitlines()[2:]
-    rows = {line.split(" | ")[0].strip("| "): line for line in lines}
-    ce = rows["custom_p4_ce"].split(" | ")
-    assert ce[3] == "66.85"                              # the paper's number for the CE cell
-    assert ce[4] == "52.00 ± 2.83"                               # mean 52, std sqrt(8) = 2.83
-    assert ce[5] == "last, cls"                                  # how the number was selected
-    assert ce[6] == "47.00 ± 2.83"                               # 12 px: 5 points lower in both
-    assert ce[-2] == "101" and ce[-3] == "10000 / 10000"         # mean wall time; data sizes
-
-
 def test_another_seed_gets_its_own_directory():
     cfg = experiments.EXPERIMENTS["exp1b"]
     assert experiments.seeded(cfg, 0).name == "exp1b"
@@ -165,70 +169,51 @@ def test_too_few_images_is_refused_before_any_teacher_trains(monkeypatch, capsys
     assert "fewer than one batch" in capsys.readouterr().err
 
 
-# Oracle: the exact binomial by hand. 10 discordant pairs all one way: p = 2 / 2**10;
-# 5 against 2: p = 2 * (1 + 7 + 21) / 2**7.
-def test_mcnemar_exact_p():
-    assert study.mcnemar_p([True] * 10, [False] * 10) == pytest.approx(2 / 2 ** 10)
-    a, b = [True] * 5 + [False] * 2, [False] * 5 + [True] * 2
-    assert study.mcnemar_p(a, b) == pytest.approx(2 * 29 / 2 ** 7)
-    assert study.mcnemar_p([True, False], [True, False]) == 1.0
-
-
-def fake_study_run(out, name, seed, right):
-    """A finished study run whose last-epoch cls predictions are right on `right` of 10 images."""
-    d = out / (name if seed == 0 else f"{name}-seed{seed}")
-    d.mkdir(parents=True)
-    preds = "".join("1" if i < right else "0" for i in range(10))
-    heads = {"cls": {str(r): 10.0 * right for r in irkd.RESOLUTIONS}}
-    (d / "results.json").write_text(json.dumps(dict(
-        name=d.name, seed=seed, heads=heads, heads_last=heads, heads_best=heads, train_s=1.0,
-        test_acc=10.0 * right, quick=False, commit="abc")))
-    (d / "predictions.json").write_text(json.dumps(dict(labels="1" * 10, last={"cls": preds})))
-
-
-# Oracle: differences by hand. KD - CE per seed: +20, +40 -> mean +30; t(0.975, 1) = 12.706,
-# sd 14.14, so the interval is 30 -+ 12.706 * 14.14 / sqrt(2) = [-97.06, +157.06].
-def test_study_report_pairs_by_seed(tmp_path):
-    for seed, (kd, ce) in enumerate([(7, 5), (8, 4)]):
-        fake_study_run(tmp_path, "study_kd", seed, kd)
-        fake_study_run(tmp_path, "study_ce", seed, ce)
-    fake_study_run(tmp_path, "study_kd_cl", 0, 9)              # no seed-0 KD+CL+Sal: not run
-    text = study.study_report(str(tmp_path))
-    row = next(line for line in text.splitlines() if line.startswith("| KD - CE"))
-    assert "| 0,1 | 75.00 | 45.00 | +30.00 | [-97.06, +157.06] |" in row
-    assert "not run yet" in next(line for line in text.splitlines() if "Sal - KD+CL" in line)
-    # the claims table reuses the comparison: KD > CE, interval across 0, half-width 127 points
-    claim = next(line for line in text.splitlines() if line.startswith("| distillation beats"))
-    assert "| +9.85 | +30.00 | [-97.06, +157.06] | 0,1 | not resolved at this power" in claim
-    # every resolution: fake_study_run gives each the same accuracy, so +30.00 at all six
-    row = [line for line in text.splitlines() if line.startswith("| KD - CE |")]
-    assert row == ["| KD - CE | 0,1 | " + " | ".join(["+30.00"] * 6) + " |"]
-
-
-# Oracle: the rule written above CLAIMS, worked by hand on chosen differences.
-@pytest.mark.parametrize("diffs, paper, expected", [
-    ([1.0, 1.2, 0.9], 8.0, "holds"),                           # interval [+0.65, +1.41]
-    ([-1.0, -1.2, -0.9], 8.0, "does not hold: the other way round"),
-    ([0.2, -0.2, 0.1], 8.0, "does not hold at the paper's size"),   # at most +0.55 < 8 / 5
-    ([2.0, -1.0, 1.0], 1.0, "not resolved at this power"),
-    ([3.0], 8.0, "not resolved: one seed"),
-])
-def test_verdict_rule(diffs, paper, expected):
-    interval, word = study.verdict(diffs, paper)
-    assert word.startswith(expected)
-    if len(diffs) >= 2:           # the interval is the t-interval: mean -+ t * sd / sqrt(n)
-        half = study.T975[len(diffs) - 2] * statistics.stdev(diffs) / len(diffs) ** 0.5
-        m = statistics.mean(diffs)
-        assert interval == f"[{m - half:+.2f}, {m + half:+.2f}]"
+# Oracle: docs/reproducing.md's table "Where Table 1 comes from", transcribed by hand per
+# cell: name -> (paper %, student, patch, kd, cl, sal, augment, erasing, AdamW fresh per stage,
+# select, patience, saliency, dropout, teacher_recipe). Shared by every replay: the class-token
+# head, the cropping curriculum, lr 3e-4, wd 1e-4, batch 128, 60 epochs.
+REPLAYED = {
+    "orig_custom_p2_ce": (66.85, "custom", 2, False, False, False, "none", 0.0, True, "best", 3,
+                          "rollout", 0.0, "default"),
+    "orig_custom_p2_cl": (74.89, "custom", 2, False, True, False, "crop_flip", 0.0, False, "best",
+                          3, "rollout", 0.0, "default"),
+    "orig_custom_p2_kd": (76.70, "custom", 2, True, False, False, "crop_flip", 0.0, True, "last",
+                          0, "rollout", 0.0, "default"),
+    "orig_custom_p2_kd_cl": (77.12, "custom", 2, True, True, False, "crop_flip", 0.0, True, "last",
+                             0, "rollout", 0.0, "default"),
+    "orig_custom_p2_kd_cl_sal": (78.72, "custom", 2, True, True, True, "crop_flip", 0.0, False,
+                                 "last", 0, "probe", 0.0, "default"),
+    "orig_tiny_p2_kd": (82.28, "tiny", 2, True, False, False, "crop_flip_aa", 0.2, True, "last", 0,
+                        "rollout", 0.1, "default"),
+    "orig_tiny_p2_kd_cl": (79.92, "tiny", 2, True, True, False, "crop_flip", 0.0, False, "last", 0,
+                           "rollout", 0.1, "default"),
+    "orig_tiny_p2_kd_cl_sal": (81.67, "tiny", 2, True, True, True, "crop_flip", 0.0, False, "last",
+                               0, "probe", 0.1, "default"),
+    "orig_tiny_p4_ce": (74.00, "tiny", 4, False, False, False, "none", 0.0, True, "best", 3,
+                        "rollout", 0.1, "original"),
+    "orig_tiny_p4_cl": (79.67, "tiny", 4, False, True, False, "crop_flip", 0.0, False, "best", 3,
+                        "rollout", 0.1, "original"),
+    "orig_tiny_p4_kd": (81.35, "tiny", 4, True, False, False, "crop_flip", 0.0, True, "last", 0,
+                        "rollout", 0.1, "original"),
+    "orig_tiny_p4_kd_cl": (83.29, "tiny", 4, True, True, False, "crop_flip", 0.0, True, "last", 0,
+                           "rollout", 0.1, "original"),
+    "orig_tiny_p4_kd_cl_sal": (84.29, "tiny", 4, True, True, True, "crop_flip", 0.0, True, "last",
+                               0, "attn", 0.1, "original"),
+}
 
 
 def test_the_replays_say_what_they_replay():
-    for name, (cell, _, patch, setup, _) in experiments.REPLAY.items():
-        cfg = experiments.EXPERIMENTS[name]
-        assert experiments.PAPER[name] == experiments.PAPER[cell] and cfg.head == "cls"
-        assert cfg.resize_mode == "crop" and cfg.patch_size == patch
-        assert ((cfg.augment == "none") == (setup == "CE")
-                and (cfg.patience > 0) == ("KD" not in setup))
+    assert set(experiments.REPLAY) == set(REPLAYED)
+    for name, want in REPLAYED.items():
+        c = experiments.EXPERIMENTS[name]
+        got = (experiments.PAPER[name], c.model, c.patch_size, c.kd, c.cl, c.sal, c.augment,
+               c.erasing, c.fresh_optimizer, c.select, c.patience, c.saliency, c.dropout,
+               c.teacher_recipe)
+        assert got == want, name
+        assert (c.head, c.resize_mode, c.lr, c.weight_decay, c.batch_size, c.epochs) == \
+            ("cls", "crop", 3e-4, 1e-4, 128, 60), name
+        c.check()
     assert experiments.EXPERIMENTS["orig_teacher_small_p4"].name == "teacher_small_p4_orig"
 
 
@@ -242,18 +227,6 @@ def test_quick_mode_recomputes_heavy_students_only():
     assert quick["exp1a"].micro_batch == 0
     assert all(quick[n].micro_batch == 16 for n in ("saliency_p2", "kdonly",
                                                      "orig_tiny_p2_kd_cl_sal"))
-
-
-def test_cell_report_puts_paper_replay_and_default_side_by_side(tmp_path):
-    for name, acc, quick in (("orig_custom_p2_ce", 30.0, True), ("custom_p2_ce", 61.0, False)):
-        d = tmp_path / ("quick" if quick else "") / name
-        d.mkdir(parents=True)
-        (d / "results.json").write_text(json.dumps(dict(
-            name=name, seed=0, test_acc=acc, quick=quick, select="best", best_epoch=4,
-            epochs=6, test_head="cls")))
-    row = study.cell_report(str(tmp_path)).splitlines()[2]
-    assert row == ("| custom_p2_ce | 66.85 | 30.00 (quick) | best (ep 4), cls | 61.00 | "
-                   "best (ep 4), cls |")
 
 
 def test_a_finished_run_is_skipped_not_trained_again(tmp_path, capsys):

@@ -14,8 +14,6 @@ import os
 import pytest
 import torch
 
-import experiments
-import train as train_lib
 import study
 import plots
 

@@ -130,11 +130,22 @@ def recipe_full_run(tmp_path_factory, train_data):
     return train_lib.train(recipe_cfg(out), data=train_data), out
 
 
-def test_train_with_recipe_logs_finite_losses(recipe_full_run):
+# Oracle: the schedule and the loss by hand. 64 images / batch 32 = 2 steps per epoch, 4 in all,
+# warm-up 1 epoch = 2 steps. A row logs its epoch's last step: step 1 at 3e-4 * 2/2 = 3e-4 (the
+# warm-up's top), step 3 at 3e-4 * (1 + cos(pi * (3-2)/(4-2))) / 2 = 1.5e-4. Without a teacher
+# the loss is the (smoothed, mixed) CE alone, which starts near ln 10 = 2.303 for 10 classes;
+# train_acc counts hard labels, so it is a whole number of the epoch's 64 images.
+def test_train_with_recipe_logs_its_schedule_and_a_ce_only_loss(recipe_full_run):
     _, out = recipe_full_run
     rows = read_log(out / "aug")
-    assert len(rows) == 2
-    assert all(torch.isfinite(torch.tensor(r["loss"])) and r["loss"] > 0 for r in rows)
+    assert [(r["epoch"], r["res"]) for r in rows] == [(1, 32), (2, 32)]
+    assert rows[0]["lr"] == pytest.approx(3e-4, rel=1e-9)
+    assert rows[1]["lr"] == pytest.approx(1.5e-4, rel=1e-9)
+    for r in rows:
+        assert r["loss"] == r["ce"] and r["kd"] == 0.0 and r["sal"] == 0.0
+        correct = r["train_acc"] * 64 / 100
+        assert correct == pytest.approx(round(correct), abs=1e-6) and 0 <= correct <= 64
+    assert abs(rows[0]["loss"] - 2.303) < 0.35
 
 
 # Oracle: the uninterrupted run; a run stopped in epoch 2 and resumed from checkpoint.pt must

@@ -224,10 +224,24 @@ def test_rollout_of_a_model_is_differentiable():
         assert blk.attn.qkv.weight.grad.abs().sum() > 0
 
 
-def test_rollout_dtype_and_device_follow_input():
-    attns = [random_attention(1, 2, 5, seed=1).to(torch.bfloat16)]
-    out = irkd.attention_rollout(attns)
-    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+# Oracle: one layer of uniform attention by hand. bf16 stores 1/5 as u = 0.2001953125 (exactly);
+# (u + I)/2 renormalised puts u / (5u + 1) = 0.2001953125 / 2.0009765625 = 0.10004880...
+# on every patch of the cls row. A product kept in bf16 would land on its grid (steps of
+# 2^-11 near 0.1: 0.09998 or 0.10010), 5e-5 away; float32 is within 1e-6. The map is made
+# where the attention is: on the CPU, on "meta" (no data: a constant made on the default
+# device would fail to mix with it) and on CUDA where there is one.
+def test_rollout_of_bf16_attention_is_float32_on_the_input_device():
+    u = torch.tensor(0.2, dtype=torch.bfloat16)
+    assert u.item() == 0.2001953125
+    want = 0.2001953125 / 2.0009765625
+    devices = ["cpu", "meta"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        attns = [torch.full((1, 2, 5, 5), 0.2, dtype=torch.bfloat16, device=device)]
+        out = irkd.attention_rollout(attns)
+        assert out.device == torch.device(device) or (device == "cuda" and out.is_cuda), device
+        assert out.dtype == torch.float32 and out.shape == (1, 2, 2), device
+        if device != "meta":
+            torch.testing.assert_close(out.cpu(), torch.full((1, 2, 2), want), atol=1e-6, rtol=0)
 
 
 # ----------------------------------------------------------------------------- saliency_loss

@@ -1,14 +1,17 @@
-"""study.py: the statistics behind the study's verdicts, against textbook values.
+"""study.py: the report tables and the statistics behind the study's verdicts.
 
 Oracles: Student's t table (t(0.975, df) for df 1..10), the Cauchy distribution (t with one
 degree of freedom), the closed form of t with two degrees of freedom, the normal approximation
-of a t-test's power at many degrees of freedom, and Holm's procedure worked by hand.
+of a t-test's power at many degrees of freedom, Holm's procedure, the exact binomial of
+McNemar's test, means and standard deviations over seeds and paired differences, all by hand.
 """
 import json
 import math
+import os
 
 import pytest
 
+import irkd
 import study
 
 # t(0.975, df), df = 1..10, from a printed table of Student's t
@@ -74,3 +77,127 @@ def test_a_dirty_start_shows_in_the_commit_column(tmp_path):
              starts=[dict(commit="1111111aa", after_epoch=0), dict(commit="2222222bb-dirty",
                                                                   after_epoch=5)])
     assert study.commits(r) == {"1111111", "2222222-dirty", "89abcde"}
+
+
+def write_result(root, dirname, name, seed, acc, quick=False):
+    os.makedirs(root / dirname, exist_ok=True)
+    by_res = {str(r): acc - (32 - r) / 4 for r in irkd.RESOLUTIONS}
+    with open(root / dirname / "results.json", "w") as f:
+        json.dump(dict(name=name, seed=seed, test_acc=acc, test_acc_by_res=by_res, quick=quick,
+                       train_images=10000, test_images=10000, wall_s=100.0 + 2 * seed,
+                       device="cpu (test)"), f)
+
+
+def test_report_mean_std_over_seeds_and_links(tmp_path):
+    # Oracle: mean and sample std by hand. Seeds of one cell share a row; a directory that is
+    # a link to another run's directory is that run (counted once, under the real name).
+    write_result(tmp_path, "custom_p4_ce-seed0", "custom_p4_ce-seed0", 0, 50.0)
+    write_result(tmp_path, "custom_p4_ce-seed1", "custom_p4_ce-seed1", 1, 54.0)
+    write_result(tmp_path, "teacher_x_plain", "teacher_x_plain", 0, 57.7)
+    os.symlink("teacher_x_plain", tmp_path / "teacher_x")
+    groups = study.collect(str(tmp_path))
+    assert sorted(groups) == ["custom_p4_ce", "teacher_x_plain"]
+    lines = study.report(str(tmp_path)).splitlines()[2:]
+    rows = {line.split(" | ")[0].strip("| "): line for line in lines}
+    ce = rows["custom_p4_ce"].split(" | ")
+    assert ce[3] == "66.85"                              # the paper's number for the CE cell
+    assert ce[4] == "52.00 ± 2.83"                               # mean 52, std sqrt(8) = 2.83
+    assert ce[5] == "last, cls"                                  # how the number was selected
+    assert ce[6] == "47.00 ± 2.83"                               # 12 px: 5 points lower in both
+    assert ce[-2] == "101" and ce[-3] == "10000 / 10000"         # mean wall time; data sizes
+
+
+# Oracle: the exact binomial by hand. 10 discordant pairs all one way: p = 2 / 2**10;
+# 5 against 2: p = 2 * (1 + 7 + 21) / 2**7.
+def test_mcnemar_exact_p():
+    assert study.mcnemar_p([True] * 10, [False] * 10) == pytest.approx(2 / 2 ** 10)
+    a, b = [True] * 5 + [False] * 2, [False] * 5 + [True] * 2
+    assert study.mcnemar_p(a, b) == pytest.approx(2 * 29 / 2 ** 7)
+    assert study.mcnemar_p([True, False], [True, False]) == 1.0
+
+
+def fake_study_run(out, name, seed, right):
+    """A finished study run whose last-epoch cls predictions are right on `right` of 10 images."""
+    d = out / (name if seed == 0 else f"{name}-seed{seed}")
+    d.mkdir(parents=True)
+    preds = "".join("1" if i < right else "0" for i in range(10))
+    heads = {"cls": {str(r): 10.0 * right for r in irkd.RESOLUTIONS}}
+    (d / "results.json").write_text(json.dumps(dict(
+        name=d.name, seed=seed, heads=heads, heads_last=heads, heads_best=heads, train_s=1.0,
+        test_acc=10.0 * right, quick=False, commit="abc")))
+    (d / "predictions.json").write_text(json.dumps(dict(labels="1" * 10, last={"cls": preds})))
+
+
+# Oracle: differences by hand. KD - CE per seed: +20, +40 -> mean +30; t(0.975, 1) = 12.706,
+# sd 14.14, so the interval is 30 -+ 12.706 * 14.14 / sqrt(2) = [-97.06, +157.06].
+def test_study_report_pairs_by_seed(tmp_path):
+    for seed, (kd, ce) in enumerate([(7, 5), (8, 4)]):
+        fake_study_run(tmp_path, "study_kd", seed, kd)
+        fake_study_run(tmp_path, "study_ce", seed, ce)
+    fake_study_run(tmp_path, "study_kd_cl", 0, 9)              # no seed-0 KD+CL+Sal: not run
+    text = study.study_report(str(tmp_path))
+    row = next(line for line in text.splitlines() if line.startswith("| KD - CE"))
+    assert "| 0,1 | 75.00 | 45.00 | +30.00 | [-97.06, +157.06] |" in row
+    assert "not run yet" in next(line for line in text.splitlines() if "Sal - KD+CL" in line)
+    # the claims table reuses the comparison: KD > CE, interval across 0, half-width 127 points
+    claim = next(line for line in text.splitlines() if line.startswith("| distillation beats"))
+    assert "| +9.85 | +30.00 | [-97.06, +157.06] | 0,1 | not resolved at this power" in claim
+    # every resolution: fake_study_run gives each the same accuracy, so +30.00 at all six
+    row = [line for line in text.splitlines() if line.startswith("| KD - CE |")]
+    assert row == ["| KD - CE | 0,1 | " + " | ".join(["+30.00"] * 6) + " |"]
+
+
+# Oracle: a textbook t-table, two-sided 95 % (t(0.975, df) for df = 1..10, to 3 decimals).
+# Differences with mean 100 and sample sd 100 sqrt(n) have standard error 100, so verdict's
+# interval is [100 - 100 t, 100 + 100 t]: its printed ends give t to 0.0006 (the table's own
+# rounding, 0.0005, included).
+T_TEXTBOOK = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
+
+
+@pytest.mark.parametrize("df", range(1, 11))
+def test_verdict_uses_the_textbook_t_table(df):
+    n = df + 1
+    centred = [i - (n - 1) / 2 for i in range(n)]               # mean 0, sample sd s
+    s = (sum(c * c for c in centred) / (n - 1)) ** 0.5
+    diffs = [100 + c * 100 * n ** 0.5 / s for c in centred]     # mean 100, sd 100 sqrt(n)
+    interval, word = study.verdict(diffs, None)
+    lo, hi = (float(v) for v in interval.strip("[]").split(", "))
+    t = T_TEXTBOOK[df - 1]
+    assert lo == pytest.approx(100 - 100 * t, abs=0.06)
+    assert hi == pytest.approx(100 + 100 * t, abs=0.06)
+
+
+# Oracle: the rule written above CLAIMS, worked by hand on chosen differences, with the
+# interval mean -+ t(0.975, n-1) * sd / sqrt(n) computed by hand (sd: the sample sd):
+#   [1, 1.2, 0.9]:  mean 1.0333, sd 0.15275, t 4.303 -> half 0.3795 -> [+0.65, +1.41]
+#   [0.2, -0.2, 0.1]: mean 0.0333, sd 0.20817 -> half 0.5172 -> [-0.48, +0.55]; +0.55 < 8 / 5
+#   [2, -1, 1]:  mean 0.6667, sd 1.52753 -> half 3.7949 -> [-3.13, +4.46]
+#   [1, 3]:      mean 2, sd 1.41421, t 12.706 -> half 12.706 -> [-10.71, +14.71]
+#   [1 .. 6]:    mean 3.5, sd 1.87083, t 2.571 -> half 1.9636 -> [+1.54, +5.46]
+#   [0 .. 10]:   mean 5, sd sqrt(11), t 2.228 -> half 2.228 -> [+2.77, +7.23]
+@pytest.mark.parametrize("diffs, paper, interval, expected", [
+    ([1.0, 1.2, 0.9], 8.0, "[+0.65, +1.41]", "holds"),
+    ([-1.0, -1.2, -0.9], 8.0, "[-1.41, -0.65]", "does not hold: the other way round"),
+    ([0.2, -0.2, 0.1], 8.0, "[-0.48, +0.55]", "does not hold at the paper's size: at most +0.55"),
+    ([2.0, -1.0, 1.0], 1.0, "[-3.13, +4.46]", "not resolved at this power"),
+    ([1.0, 3.0], 8.0, "[-10.71, +14.71]", "not resolved at this power"),
+    ([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 8.0, "[+1.54, +5.46]", "holds"),
+    ([float(v) for v in range(11)], 8.0, "[+2.77, +7.23]", "holds"),
+    ([3.0], 8.0, "one seed: none", "not resolved: one seed"),
+])
+def test_verdict_rule(diffs, paper, interval, expected):
+    got_interval, word = study.verdict(diffs, paper)
+    assert word.startswith(expected)
+    assert got_interval == interval
+
+
+def test_cell_report_puts_paper_replay_and_default_side_by_side(tmp_path):
+    for name, acc, quick in (("orig_custom_p2_ce", 30.0, True), ("custom_p2_ce", 61.0, False)):
+        d = tmp_path / ("quick" if quick else "") / name
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps(dict(
+            name=name, seed=0, test_acc=acc, quick=quick, select="best", best_epoch=4,
+            epochs=6, test_head="cls")))
+    row = study.cell_report(str(tmp_path)).splitlines()[2]
+    assert row == ("| custom_p2_ce | 66.85 | 30.00 (quick) | best (ep 4), cls | 61.00 | "
+                   "best (ep 4), cls |")
