@@ -224,6 +224,21 @@ for _name, (_setup, _what, _change) in STUDY_ARMS.items():
     SETUP[_name] = _what
 STUDY_TEACHER = teacher_lib.teacher_config(4, base=EXPERIMENTS["study_kd"])
 EXPERIMENTS[STUDY_TEACHER.name], SETUP[STUDY_TEACHER.name] = STUDY_TEACHER, "teacher"
+# A strong teacher the CPU can afford: the convnet (convnet.py, ~30 min), distilled into the
+# same student; it sees the 32-px view (it has no position table to resample)
+CONV_TEACHER = dict(teacher_model="conv", teacher_epochs=teacher_lib.CONV_EPOCHS,
+                    teacher_res="full")
+STUDY_CONV_ARMS = {
+    "study_kd_conv": ("KD", "KD, conv teacher", CONV_TEACHER),
+    "study_kd_cl_conv": ("KD+CL", "KD+CL, conv teacher", CONV_TEACHER),
+}
+for _name, (_setup, _what, _change) in STUDY_CONV_ARMS.items():
+    EXPERIMENTS[_name] = cell(_name, "custom", 4, _setup, **(STUDY | _change))
+    SETUP[_name] = _what
+STUDY_ARMS |= STUDY_CONV_ARMS
+STUDY_CONV_TEACHER = teacher_lib.teacher_config(4, base=EXPERIMENTS["study_kd_conv"])
+EXPERIMENTS[STUDY_CONV_TEACHER.name] = STUDY_CONV_TEACHER
+SETUP[STUDY_CONV_TEACHER.name] = "teacher (conv)"
 
 # Beyond the paper: the full method (KD+CL+Sal, ViT-Tiny p4) with one thing changed.
 BEYOND = {
@@ -239,7 +254,7 @@ GROUPS = {
     "small_p4_all": [c.name for c in SMALL_P4_ALL],
     "table": [name for name, _, _ in TEACHERS] + [row[0] for row in TABLE],
     "beyond": [f"tiny_p4_kd_cl_sal_{s}" for s in BEYOND],
-    "study": [STUDY_TEACHER.name] + list(STUDY_ARMS),
+    "study": [STUDY_TEACHER.name, STUDY_CONV_TEACHER.name] + list(STUDY_ARMS),
     "original": ["orig_teacher_small_p4", "orig_teacher_small_p2"] + list(REPLAY),
 }
 

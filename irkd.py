@@ -621,6 +621,8 @@ def predict(model: nn.Module, x: torch.Tensor, res: int,
     # N images in batches of B = batch_size, C classes. By default B is sized by tokens: 500
     # images up to 66 tokens (patch 4 at 32 px), fewer above, so that a patch-2 model's
     # activations (258 tokens) stay near a patch-4 model's
+    if not batch_size and not hasattr(model, "patch_size"):
+        batch_size = 500                       # a model without patches (a ConvNet): 500 images
     if not batch_size:
         tokens = (res // model.patch_size) ** 2 + model.num_prefix
         batch_size = max(1, min(500, 33_000 // tokens))

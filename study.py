@@ -21,8 +21,8 @@ import sys
 
 import bench
 import irkd
-from experiments import (EXPERIMENTS, PAPER, REPLAY, SETUP, STUDY, STUDY_ARMS, STUDY_TEACHER,
-                         arm_name)
+from experiments import (EXPERIMENTS, PAPER, REPLAY, SETUP, STUDY, STUDY_ARMS,
+                         STUDY_CONV_TEACHER, STUDY_TEACHER, arm_name)
 
 
 def collect(out: str = "runs") -> dict[str, list[dict]]:
@@ -352,7 +352,8 @@ def study_report(out: str = "results/study") -> str:
     lines = ["| arm | seeds | cls 32 px (primary) | avg 32 px | best-val epoch, cls 32 px | "
              + " | ".join(f"{r} px" for r in res) + " | train s | commit |",
              "|---|---|---:|---:|---:|" + "---:|" * len(res) + "---:|---|"]
-    for name in [n for n in [STUDY_TEACHER.name, *STUDY_ARMS] if n in groups]:
+    for name in [n for n in [STUDY_TEACHER.name, STUDY_CONV_TEACHER.name, *STUDY_ARMS]
+                 if n in groups]:
         rs = sorted(groups[name], key=lambda r: r["seed"])
         last = [final_heads(r) for r in rs]
         avg = [h["avg"]["32"] for h in last if "avg" in h]

@@ -14,7 +14,9 @@ are there as switches (--randaug --erasing=0.25), off by default: measured on th
 protocol's teacher they cost 2.9 points (docs/reproducing.md, "Teacher recipe"); on
 ViT-Small with all data they are untested.
 Students find their teacher through ensure_teacher(): the cached checkpoint for
-their patch size, trained on the spot when it does not exist yet.
+their patch size, trained on the spot when it does not exist yet. teacher_model="conv" is a
+convolutional teacher instead (convnet.py), with its own recipe (CONV_RECIPE, 12 epochs):
+experiments.py's study_kd_conv arms.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
+import convnet
 import data as data_lib
 import irkd
 import runs
@@ -37,6 +40,10 @@ import train as train_lib
 from train import RunConfig
 
 QUICK_PRESET = "custom"  # the quick teacher: the custom size at 32 px, a few epochs
+# the conv teacher's recipe (AdamW, warm-up + cosine); its epochs are the student's
+# teacher_epochs, CONV_EPOCHS in experiments.py's study arms
+CONV_RECIPE = dict(lr=2e-3, weight_decay=5e-2, label_smoothing=0.1)
+CONV_EPOCHS = 12
 RECIPE = ("augment", "mixup", "randaug", "erasing")  # augmentation a cached teacher must match
 
 
@@ -46,7 +53,8 @@ def teacher_config(patch_size: int = 4, *, quick: bool = False,
     data subset, outputs and device). The name says what differs from the paper's teacher,
     so that differently trained teachers are cached apart."""
     base = base or RunConfig()
-    name = f"teacher_{base.teacher_model}_p{patch_size}"
+    conv = base.teacher_model in convnet.CONV_PRESETS      # no patches: no patch size in its name
+    name = f"teacher_{base.teacher_model}" + ("" if conv else f"_p{patch_size}")
     name += f"_{base.teacher_epochs}ep" if base.teacher_epochs != 135 else ""
     name += f"_{base.train_size}img" if base.train_size else ""
     cfg = dataclasses.replace(
@@ -57,6 +65,11 @@ def teacher_config(patch_size: int = 4, *, quick: bool = False,
         # nothing of the student's own protocol (its augmentation, selection, curriculum form),
         # and whole-batch steps: a cached teacher is the same whichever student asked for it
         augment="crop_flip", resize_mode="resize", select="last", patience=0, micro_batch=0)
+    if conv and not quick:
+        # the convnet's own recipe (docs/speed.md, "A convolutional teacher"): sized for ~30 min
+        # of a 2-core CPU. Batch norm lets a convnet take a larger lr than a ViT; label
+        # smoothing 0.1; no mixup / cutmix: at a dozen epochs they cost more than they give
+        cfg = dataclasses.replace(cfg, **CONV_RECIPE, mixup=False)
     if base.teacher_recipe == "original":
         # the notebooks' patch-4 teacher (P_4_ALL): OneCycle with its peak at 60 % of the run,
         # dropout 0.1, and the best validation epoch's weights. No per-image augmentation, only
@@ -97,7 +110,7 @@ def default_path(cfg: RunConfig) -> str:
 def estimate_seconds(cfg: RunConfig) -> float:
     """Time a few real training steps of this config on random data; scale to the whole run."""
     device = runs.pick_device(cfg.device)
-    model = irkd.build_model(cfg.model, patch_size=cfg.patch_size).to(device)
+    model = train_lib.make_model(cfg.model, patch_size=cfg.patch_size).to(device)
     opt = irkd.make_optimizer(model, cfg)
     x = torch.randn(cfg.batch_size, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (cfg.batch_size,), device=device)
@@ -118,7 +131,8 @@ def estimate_seconds(cfg: RunConfig) -> float:
 
 def train_teacher(cfg: RunConfig, data: dict | None = None) -> dict:
     """Announce the teacher run with its expected duration (measured, not guessed); train it."""
-    print(f"training {cfg.name} ({cfg.model}, patch {cfg.patch_size}, {cfg.epochs} epochs): about "
+    patch = "" if cfg.model in convnet.CONV_PRESETS else f", patch {cfg.patch_size}"
+    print(f"training {cfg.name} ({cfg.model}{patch}, {cfg.epochs} epochs): about "
           f"{estimate_seconds(cfg) / 60:.0f} min expected on "
           f"{runs.device_name(runs.pick_device(cfg.device))}", flush=True)
     return train_lib.train(cfg, data=data)
@@ -148,7 +162,14 @@ def ensure_teacher(cfg: RunConfig, data: dict | None = None):
                                 f"when missing")
     model, ckpt = train_lib.load_model(path)
     args = ckpt["model_args"]
-    if args["preset"] != expected or args["patch_size"] != patch or args["distill_token"]:
+    if expected in convnet.CONV_PRESETS or args["preset"] in convnet.CONV_PRESETS:
+        # a convnet has no patches: only the preset must match, whatever patch_size was saved
+        if args["preset"] != expected:
+            raise ValueError(
+                f"teacher checkpoint {path} is a {args['preset']} model; this experiment needs "
+                f"a {expected} teacher (pass --teacher=PATH of one, or --teacher_model="
+                f"{args['preset']} to use this one)")
+    elif args["preset"] != expected or args["patch_size"] != patch or args["distill_token"]:
         raise ValueError(
             f"teacher checkpoint {path} is a {args['preset']} model with patch {args['patch_size']}"
             f"{' and a distillation token' if args['distill_token'] else ''}; this experiment "

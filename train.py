@@ -19,11 +19,15 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+import convnet
 import data as data_lib
 import irkd
 import runs
 from irkd import spec
 from saliency_variants import METHODS
+
+# every model a run can build: irkd's ViT presets, then the convnet's (teachers only)
+MODELS = tuple(irkd.PRESETS) + tuple(convnet.CONV_PRESETS)
 
 
 @dataclass
@@ -41,7 +45,7 @@ class Recipe:
     erasing: float = spec(0.0, "[0, 1]")        # random-erasing probability per image
     # which teacher a student distils from
     teacher: str = ""                  # checkpoint path; empty = the cached default teacher
-    teacher_model: str = spec("small", tuple(irkd.PRESETS))
+    teacher_model: str = spec("small", MODELS)
     teacher_patch: int = spec(0, "[0, 32]")      # 0 = the student's
     teacher_recipe: str = spec("default", ("default", "original"))  # "original": the notebooks'
     teacher_epochs: int = spec(135, "[1, inf)")
@@ -59,6 +63,9 @@ class Recipe:
 @dataclass
 class RunConfig(runs.RunOptions, Recipe, irkd.Config):
     """Everything one run needs: the method's fields first, then the recipe, then the run's."""
+    # irkd.Config's model, with the convnet as a further choice (a teacher's own run); the
+    # field keeps its place among the method's fields
+    model: str = spec("custom", MODELS)
 
     def check(self) -> None:
         """Reject a config that cannot run, with a message that says what to change."""
@@ -69,6 +76,16 @@ class RunConfig(runs.RunOptions, Recipe, irkd.Config):
             raise ValueError(f"config {self.name!r}: {e}") from None
 
     def _check_combinations(self) -> None:
+        if self.model in convnet.CONV_PRESETS and (self.kd or self.dropout):
+            raise ValueError(f"model={self.model!r} has no distillation token and no dropout: "
+                             f"it trains as a teacher (kd=False, dropout=0), not as a KD student")
+        if self.teacher_model in convnet.CONV_PRESETS and self.sal:
+            raise ValueError(f"sal=True reads the teacher's attention; teacher_model="
+                             f"{self.teacher_model!r} has none: use sal=False or a ViT teacher")
+        if self.teacher_model in convnet.CONV_PRESETS and self.teacher_recipe != "default":
+            raise ValueError(f"teacher_recipe={self.teacher_recipe!r} is the notebooks' ViT "
+                             f"recipe; teacher_model={self.teacher_model!r} has its own "
+                             f"(teacher.py): use teacher_recipe='default'")
         if self.randaug and self.augment == "crop_flip_aa":
             raise ValueError("randaug=True (TrivialAugment) and augment='crop_flip_aa' "
                              "(AutoAugment) each pick one policy per image; choose one of them")
@@ -102,6 +119,18 @@ def model_args(cfg: RunConfig) -> dict:
                 dropout=cfg.dropout)
 
 
+def make_model(preset: str, *, patch_size: int, distill_token: bool = False,
+                dropout: float = 0.0) -> nn.Module:
+    """The model that model_args describe: irkd's ViT, or for a conv preset the ConvNet
+    (convnet.py; no patches, so patch_size is unused; no token, no dropout)."""
+    if preset not in convnet.CONV_PRESETS:
+        return irkd.build_model(preset, patch_size=patch_size, distill_token=distill_token,
+                                dropout=dropout)
+    if distill_token or dropout:
+        raise ValueError(f"a {preset!r} model has no distillation token and no dropout")
+    return convnet.ConvNet(**convnet.CONV_PRESETS[preset])
+
+
 def build(cfg: RunConfig, teacher: nn.Module | None, device: torch.device):
     """The model to train and its loss -> (model, the teacher on the device, step_model, loss_fn).
 
@@ -109,13 +138,14 @@ def build(cfg: RunConfig, teacher: nn.Module | None, device: torch.device):
     are shared, so save and load through `model`); the loss's teacher_forward likewise.
     """
     torch.manual_seed(cfg.seed)            # the initial weights are a function of the seed
-    model = irkd.build_model(**model_args(cfg)).to(device)
+    model = make_model(**model_args(cfg)).to(device)
     model.grad_checkpoint = cfg.checkpoint
     teacher = teacher.to(device) if cfg.kd else None   # without kd a given teacher is unused
     loss_fn = irkd.IRKDLoss(teacher, alpha=cfg.alpha, temperature=cfg.temperature,
                             hard=cfg.hard_kd, gamma=cfg.gamma if cfg.sal else 0.0,
                             label_smoothing=cfg.label_smoothing, loss_form=cfg.loss_form,
-                            saliency=METHODS[cfg.saliency](), student_depth=len(model.blocks))
+                            saliency=METHODS[cfg.saliency](),
+                            student_depth=len(getattr(model, "blocks", ())))  # ConvNet: none
     step_model = runs.maybe_compile(model, cfg.compile, device)
     # the teacher's forward that runs (its logits, or its logits and map): compiled as it is
     loss_fn.teacher_forward = runs.maybe_compile(loss_fn.teacher_forward, cfg.compile, device)
@@ -132,7 +162,7 @@ def lr_at(cfg: RunConfig, step: int, total_steps: int, warmup_steps: int) -> flo
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def load_model(path: str, device: torch.device | str = "cpu") -> tuple[irkd.ViT, dict]:
+def load_model(path: str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild a model saved by train() -> (model, checkpoint metadata)."""
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
@@ -144,7 +174,7 @@ def load_model(path: str, device: torch.device | str = "cpu") -> tuple[irkd.ViT,
         raise ValueError(f"{path} is not a model.pt written by this project ({why}); pass the "
                          "model.pt of a trained teacher (runs/teacher_*/model.pt)") from e
     try:
-        model = irkd.build_model(**ckpt["model_args"])
+        model = make_model(**ckpt["model_args"])
         model.load_state_dict(ckpt["model"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0][:120] if str(e).strip() else "no model"
@@ -225,10 +255,12 @@ def train(cfg: RunConfig, *, teacher: nn.Module | None = None, data: dict | None
             # sync point: the NaN flag, read once per epoch; then validation (more sync points)
             seconds = run.end_steps(f"stage {stage} ({res} px), epoch {epoch}")
             checked = validate(model, d, res, cfg, test=epoch in cfg.test_epochs)
-            # stage end: rollout maps of a fixed handful of test images, for plots.py
+            # stage end: rollout maps of a fixed handful of test images, for plots.py (none for
+            # a ConvNet: it has no attention)
             snap = (saliency_snapshot(model, teacher, d["test_x"][:8], res, cfg.teacher_res)
-                    | dict(images=d["test_x"][:8], labels=d["test_y"][:8])
                     if stage_epoch == epochs else None)
+            if snap is not None:
+                snap |= dict(images=d["test_x"][:8], labels=d["test_y"][:8])
             run.end_epoch(model, opt, sums, seconds, snapshot=snap, stage=stage, res=res,
                           epoch=epoch, stage_epoch=stage_epoch, lr=lr, **checked)
 
@@ -272,7 +304,7 @@ def test_all(model: nn.Module, best_state: dict | None, d: dict, cfg: RunConfig)
         return {r: irkd.predict(m, d["test_x"], r) for r in bar}
     final = best = predict_all(model)
     if best_state is not None:
-        best_model = irkd.build_model(**model_args(cfg)).to(d["test_x"].device)
+        best_model = make_model(**model_args(cfg)).to(d["test_x"].device)
         best_model.load_state_dict(best_state)
         best = predict_all(best_model)
     heads = {w: irkd.by_resolution(p, d["test_y"]) for w, p in (("last", final), ("best", best))}
@@ -284,8 +316,11 @@ def test_all(model: nn.Module, best_state: dict | None, d: dict, cfg: RunConfig)
 
 @torch.no_grad()
 def saliency_snapshot(model: nn.Module, teacher: nn.Module | None, images: torch.Tensor, res: int,
-                      teacher_res: str) -> dict:
-    """Rollout maps of the student (and teacher) for a fixed handful of images, for plots.py."""
+                      teacher_res: str) -> dict | None:
+    """Rollout maps of the student (and teacher) for a fixed handful of images, for plots.py.
+    A ConvNet has no attention: None for a ConvNet model, no map for a ConvNet teacher."""
+    if isinstance(model, convnet.ConvNet):
+        return None
     was_training = model.training
     model.eval()
     x = irkd.normalize(images)
@@ -293,7 +328,7 @@ def saliency_snapshot(model: nn.Module, teacher: nn.Module | None, images: torch
     # clone: a map is a view of its (B, N, N) flow, which torch.save would store whole
     snap = dict(res=res, student=irkd.attention_rollout(attn, num_prefix=model.num_prefix)
                 .cpu().clone())
-    if teacher is not None:
+    if teacher is not None and not isinstance(teacher, convnet.ConvNet):
         _, t_attn = teacher(irkd.resize(x, 32 if teacher_res == "full" else res), return_attn=True)
         snap["teacher"] = irkd.attention_rollout(t_attn, num_prefix=teacher.num_prefix).cpu().clone()
     model.train(was_training)
