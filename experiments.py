@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import sys
 from dataclasses import dataclass
 
@@ -27,6 +26,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import data as data_lib  # noqa: E402
 import runs  # noqa: E402
+from runs import finished, seeded  # noqa: E402
 import teacher as teacher_lib  # noqa: E402
 import train as train_lib  # noqa: E402
 from train import RunConfig  # noqa: E402
@@ -296,24 +296,6 @@ def configs_for(name: str, overrides: dict) -> list[RunConfig]:
     return cfgs
 
 
-def arm_name(name: str) -> str:
-    """The run name without its seed suffix: "study_kd-seed2" -> "study_kd" (see seeded)."""
-    return re.sub(r"-seed\d+$", "", name)
-
-
-def seeded(cfg: RunConfig, seed: int) -> RunConfig:
-    """The config for one seed: seed 0 keeps NAME, any other seed runs in NAME-seedN, so that
-    repeats never share (or overwrite) a directory. A teacher is trained once, with its own seed."""
-    if cfg.name.startswith("teacher_") or seed == 0:
-        return dataclasses.replace(cfg, seed=seed) if not cfg.name.startswith("teacher_") else cfg
-    return dataclasses.replace(cfg, name=f"{arm_name(cfg.name)}-seed{seed}", seed=seed)
-
-
-def finished(cfg: RunConfig) -> bool:
-    """True when runs/NAME/results.json exists and --overwrite=true was not given."""
-    return not cfg.overwrite and os.path.exists(os.path.join(cfg.out, cfg.name, "results.json"))
-
-
 def check_before_work(cfgs: list[RunConfig], data: dict) -> None:
     """The checks that need the data, before any teacher or student trains: the data sizes
     and the run directories (a finished run is never overwritten)."""
@@ -346,21 +328,6 @@ def list_experiments() -> str:
     return "\n".join(lines)
 
 
-def parse_seeds(rest: list[str]) -> list[int] | None:
-    """Take --seeds=0,1,2 (or --seeds 0,1,2) out of `rest` -> the seeds, or None."""
-    seeds = None
-    if "--seeds" in rest:                      # "--seeds 0,1,2" -> "--seeds=0,1,2"
-        i = rest.index("--seeds")
-        rest[i:i + 2] = ["--seeds=" + (rest[i + 1] if i + 1 < len(rest) else "")]
-    for a in [a for a in rest if a.startswith("--seeds=")]:
-        rest.remove(a)
-        try:
-            seeds = [int(v) for v in a.split("=", 1)[1].split(",")]
-        except ValueError:
-            raise ValueError(f"{a!r}: expected comma-separated integers, e.g. --seeds=0,1,2")
-    return seeds
-
-
 def main(argv: list[str]) -> int:
     valid = list(EXPERIMENTS) + list(GROUPS)
     if not argv or argv[0] in ("-h", "--help"):
@@ -384,7 +351,7 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     try:
-        seeds = parse_seeds(rest)
+        seeds = runs.parse_seeds(rest)
         cfgs = configs_for(name, runs.parse_overrides(rest, RunConfig))
         if seeds is not None:  # repeats: NAME, NAME-seed1, ...; teachers are trained once
             cfgs = [seeded(c, s) for c in cfgs

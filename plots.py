@@ -51,6 +51,7 @@ import data as data_lib
 import experiments
 import irkd
 import study
+from runs import arm_name
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 DPI = 100
@@ -214,12 +215,12 @@ def run_labels(runs: list[dict]) -> list[str]:
 
 def seed_groups(runs: list[dict]) -> list[tuple[str, list[dict]]]:
     """Runs grouped by arm, in order of first appearance: NAME and NAME-seedN
-    (experiments.seeded) in one folder are one arm, which the cross-run figures draw as the
+    (runs.seeded) in one folder are one arm, which the cross-run figures draw as the
     mean over its seeds with a min-max band. Label: the arm's name (with run_labels' folder
     tag for runs that share a name)."""
     groups: dict[tuple, tuple[str, list[dict]]] = {}
     for run, label in zip(runs, run_labels(runs)):
-        key = (experiments.arm_name(run["name"]), os.path.dirname(os.path.abspath(run["dir"])))
+        key = (arm_name(run["name"]), os.path.dirname(os.path.abspath(run["dir"])))
         groups.setdefault(key, (re.sub(r"-seed\d+", "", label), []))[1].append(run)
     return list(groups.values())
 

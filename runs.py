@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import platform
 import subprocess
 import sys
@@ -516,6 +517,40 @@ def encode_predictions(preds: dict[str, torch.Tensor]) -> dict[str, str]:
 # =============================================================================
 # The command line shared by experiments.py and teacher.py
 # =============================================================================
+
+def arm_name(name: str) -> str:
+    """The run name without its seed suffix: "study_kd-seed2" -> "study_kd" (see seeded)."""
+    return re.sub(r"-seed\d+$", "", name)
+
+
+def seeded(cfg, seed: int):
+    """The config for one seed: seed 0 keeps NAME, any other seed runs in NAME-seedN, so that
+    repeats never share (or overwrite) a directory. A teacher is trained once, with its own seed."""
+    if cfg.name.startswith("teacher_") or seed == 0:
+        return dataclasses.replace(cfg, seed=seed) if not cfg.name.startswith("teacher_") else cfg
+    return dataclasses.replace(cfg, name=f"{arm_name(cfg.name)}-seed{seed}", seed=seed)
+
+
+def finished(cfg) -> bool:
+    """True when runs/NAME/results.json exists and --overwrite=true was not given."""
+    return not cfg.overwrite and os.path.exists(os.path.join(cfg.out, cfg.name, "results.json"))
+
+
+def parse_seeds(rest: list[str]) -> list[int] | None:
+    """Take --seeds=0,1,2 (or --seeds 0,1,2) out of `rest` -> the seeds, or None."""
+    seeds = None
+    if "--seeds" in rest:                      # "--seeds 0,1,2" -> "--seeds=0,1,2"
+        i = rest.index("--seeds")
+        rest[i:i + 2] = ["--seeds=" + (rest[i + 1] if i + 1 < len(rest) else "")]
+    for a in [a for a in rest if a.startswith("--seeds=")]:
+        rest.remove(a)
+        try:
+            seeds = [int(v) for v in a.split("=", 1)[1].split(",")]
+        except ValueError:
+            raise ValueError(f"{a!r}: expected comma-separated integers, e.g. --seeds=0,1,2")
+    return seeds
+
+
 
 
 def parse_overrides(argv: list[str], config_cls) -> dict:

@@ -21,8 +21,9 @@ import sys
 
 import bench
 import irkd
+from runs import arm_name
 from experiments import (EXPERIMENTS, PAPER, REPLAY, SETUP, STUDY, STUDY_ARMS,
-                         STUDY_CONV_TEACHER, STUDY_TEACHER, arm_name)
+                         STUDY_CONV_TEACHER, STUDY_TEACHER)
 
 
 def collect(out: str = "runs") -> dict[str, list[dict]]:

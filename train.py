@@ -11,7 +11,6 @@ by a comment, with the points that wait for the device labelled "sync point".
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 

@@ -156,11 +156,11 @@ def test_configs_for_applies_overrides_and_quick():
 
 def test_another_seed_gets_its_own_directory():
     cfg = experiments.EXPERIMENTS["exp1b"]
-    assert experiments.seeded(cfg, 0).name == "exp1b"
-    assert experiments.seeded(cfg, 2).name == "exp1b-seed2"
-    assert experiments.seeded(experiments.seeded(cfg, 2), 1).name == "exp1b-seed1"
+    assert runs.seeded(cfg, 0).name == "exp1b"
+    assert runs.seeded(cfg, 2).name == "exp1b-seed2"
+    assert runs.seeded(runs.seeded(cfg, 2), 1).name == "exp1b-seed1"
     teacher = experiments.EXPERIMENTS["teacher_small_p4"]
-    assert experiments.seeded(teacher, 3) == teacher          # trained once
+    assert runs.seeded(teacher, 3) == teacher          # trained once
 
 
 def test_too_few_images_is_refused_before_any_teacher_trains(monkeypatch, capsys):

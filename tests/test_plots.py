@@ -287,7 +287,7 @@ def test_efficiency_points_count_compute_by_tokens():
 
 
 # Oracle: the grouping and the band worked by hand. Two seeds of study_kd (NAME and NAME-seed1,
-# as experiments.seeded names them) are one arm; study_ce stays alone.
+# as runs.seeded names them) are one arm; study_ce stays alone.
 def test_seeds_of_one_arm_are_one_line_with_a_band(tmp_path):
     dirs = [make_run(tmp_path, n) for n in ("study_kd", "study_ce", "study_kd-seed1")]
     for d, acc in zip(dirs, (60.0, 50.0, 64.0)):
