@@ -64,7 +64,10 @@ def teacher_config(patch_size: int = 4, *, quick: bool = False,
         dropout=0.0, fresh_optimizer=True, teacher="", quick=quick, test_epochs=(),
         # nothing of the student's own protocol (its augmentation, selection, curriculum form),
         # and whole-batch steps: a cached teacher is the same whichever student asked for it
-        augment="crop_flip", resize_mode="resize", select="last", patience=0, micro_batch=0)
+        augment="crop_flip", resize_mode="resize", select="last", patience=0, micro_batch=0,
+        # nor the student's per-image extras (orig_tiny_p2_kd's erasing would otherwise train
+        # the shared p2 teacher with erasing): the recipe's switches start off
+        randaug=False, erasing=0.0)
     if conv and not quick:
         # the convnet's own recipe (docs/speed.md, "A convolutional teacher"): sized for ~30 min
         # of a 2-core CPU. Batch norm lets a convnet take a larger lr than a ViT; label

@@ -226,3 +226,14 @@ def test_a_file_that_is_not_a_checkpoint_gets_one_line(tmp_path):
         train_lib.load_model(str(bogus))
     assert "not a model.pt written by this project" in str(e.value)
     assert "delete" not in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+# Oracle: P_2_KD_ONLY.ipynb erased the *student's* images only; its teacher is the shared p2
+# teacher of the other p2 cells. A student's erasing / TrivialAugment must not reach the
+# teacher recipe derived from it (else the replay trains, or refuses, the shared teacher).
+def test_a_students_erasing_does_not_reach_its_teacher():
+    student = experiments.EXPERIMENTS["orig_tiny_p2_kd"]
+    assert student.erasing == 0.2
+    t = teacher_lib.teacher_config(2, base=student)
+    assert (t.erasing, t.randaug) == (0.0, False)
+    assert t.name == teacher_lib.teacher_config(2, base=experiments.EXPERIMENTS["kdonly"]).name
