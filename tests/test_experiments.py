@@ -131,6 +131,26 @@ def test_bad_override_names_the_field(capsys, arg, field):
     assert field in err and "error" in err
 
 
+# Oracle: the ranges as the issue states them, one line each: each number is refused before
+# any work, naming the field and its valid range, exit status 2, no run directory written.
+@pytest.mark.parametrize("arg, message", [
+    ("--temperature=0", "temperature=0.0 is out of range; valid: (0, inf)"),
+    ("--alpha=2", "alpha=2.0 is out of range; valid: [0, 1]"),
+    ("--gamma=-1", "gamma=-1.0 is out of range; valid: [0, inf)"),
+    ("--dropout=1.5", "dropout=1.5 is out of range; valid: [0, 1)"),
+    ("--resolutions=32,12", "resolutions=32,12: increasing, each between patch_size=4 and 32 px"),
+    ("--lr=0", "lr=0.0 is out of range; valid: (0, inf)"),
+    ("--weight_decay=-1", "weight_decay=-1.0 is out of range; valid: [0, inf)"),
+    ("--train_size=-5", "train_size=-5 is out of range; valid: [0, inf)"),
+    ("--label_smoothing=2", "label_smoothing=2.0 is out of range; valid: [0, 1)"),
+])
+def test_bad_numbers_are_refused_before_any_work(tmp_path, capsys, arg, message):
+    assert experiments.main(["exp1a", "--quick", arg, f"--out={tmp_path / 'out'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: config 'exp1a': {message}"
+    assert not (tmp_path / "out").exists()
+
+
 def test_non_divisible_resolution_rejected(capsys):
     assert experiments.main(["exp1a", "--resolutions=12,18"]) != 0
     err = capsys.readouterr().err
