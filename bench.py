@@ -124,15 +124,16 @@ def rollout_flops(preset: str, res: int, patch_size: int, num_prefix: int) -> in
     return irkd.PRESETS[preset]["depth"] * 2 * N ** 3
 
 
-def step_flops(preset: str, mode: str, res: int, patch_size: int, teacher_res: int) -> int:
-    """Matmul FLOPs of one training step, per image."""
+def step_flops(preset: str, mode: str, res: int, patch_size: int, teacher_res: int,
+               teacher_preset: str = TEACHER_PRESET) -> int:
+    """Matmul FLOPs of one training step, per image (a teacher of `teacher_preset`)."""
     prefix = 1 if mode == "CE" else 2
     flops = 3 * forward_flops(preset, res, patch_size, prefix)
     if mode != "CE":
-        flops += forward_flops(TEACHER_PRESET, teacher_res, patch_size, 1)
+        flops += forward_flops(teacher_preset, teacher_res, patch_size, 1)
     if mode == "KD+Sal":
         flops += 3 * rollout_flops(preset, res, patch_size, prefix)
-        flops += rollout_flops(TEACHER_PRESET, teacher_res, patch_size, 1)
+        flops += rollout_flops(teacher_preset, teacher_res, patch_size, 1)
     return flops
 
 

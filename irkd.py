@@ -518,7 +518,7 @@ class Config:
         if not res or list(res) != sorted(set(res)) or res[0] < self.patch_size or res[-1] > 32:
             raise ValueError(f"resolutions={','.join(map(str, res))}: increasing, each between "
                              f"patch_size={self.patch_size} and 32 px")
-        for r in sorted(set(res) | {32}):   # trained (with cl) and evaluated at every one
+        for r in eval_resolutions(res):     # trained (with cl) and evaluated at every one
             if r % self.patch_size:
                 raise ValueError(f"resolution {r} is not divisible by patch_size="
                                  f"{self.patch_size}; choose multiples of {self.patch_size}")
@@ -620,12 +620,11 @@ def predict(model: nn.Module, x: torch.Tensor, res: int,
     more confident)."""
     # N images in batches of B = batch_size, C classes. By default B is sized by tokens: 500
     # images up to 66 tokens (patch 4 at 32 px), fewer above, so that a patch-2 model's
-    # activations (258 tokens) stay near a patch-4 model's
-    if not batch_size and not hasattr(model, "patch_size"):
-        batch_size = 500                       # a model without patches (a ConvNet): 500 images
+    # activations (258 tokens) stay near a patch-4 model's; a model without patches: 500
     if not batch_size:
-        tokens = (res // model.patch_size) ** 2 + model.num_prefix
-        batch_size = max(1, min(500, 33_000 // tokens))
+        tokens = ((res // model.patch_size) ** 2 + model.num_prefix
+                  if hasattr(model, "patch_size") else 0)
+        batch_size = max(1, min(500, 33_000 // tokens)) if tokens else 500
     was_training = model.training
     model.eval()                               # no dropout; the caller's mode is restored below
     preds: dict[str, list[torch.Tensor]] = {}
@@ -657,6 +656,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, res: int,
     return accuracy(predict(model, x, res, batch_size), y)
 
 
+def eval_resolutions(resolutions=RESOLUTIONS) -> list[int]:
+    """The resolutions a model is evaluated at: every one given, and 32 px always."""
+    return sorted(set(resolutions) | {32})
+
+
 def by_resolution(preds: dict, y: torch.Tensor) -> dict[str, dict[str, float]]:
     """{res: {head: (N,) predictions}} -> {head: {"12": acc, ..., "32": acc}}."""
     per_res = {r: accuracy(p, y) for r, p in preds.items()}
@@ -666,4 +670,4 @@ def by_resolution(preds: dict, y: torch.Tensor) -> dict[str, dict[str, float]]:
 def evaluate_all(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  resolutions=RESOLUTIONS) -> dict[str, dict[str, float]]:
     """{head: {"12": acc, ..., "32": acc}} on every resolution; 32 px always included."""
-    return by_resolution({r: predict(model, x, r) for r in sorted(set(resolutions) | {32})}, y)
+    return by_resolution({r: predict(model, x, r) for r in eval_resolutions(resolutions)}, y)

@@ -20,8 +20,8 @@ import hashlib
 import json
 import os
 import pickle
-import re
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -526,8 +526,10 @@ def arm_name(name: str) -> str:
 def seeded(cfg, seed: int):
     """The config for one seed: seed 0 keeps NAME, any other seed runs in NAME-seedN, so that
     repeats never share (or overwrite) a directory. A teacher is trained once, with its own seed."""
-    if cfg.name.startswith("teacher_") or seed == 0:
-        return dataclasses.replace(cfg, seed=seed) if not cfg.name.startswith("teacher_") else cfg
+    if cfg.name.startswith("teacher_"):
+        return cfg
+    if seed == 0:
+        return dataclasses.replace(cfg, seed=0)
     return dataclasses.replace(cfg, name=f"{arm_name(cfg.name)}-seed{seed}", seed=seed)
 
 
@@ -549,8 +551,6 @@ def parse_seeds(rest: list[str]) -> list[int] | None:
         except ValueError:
             raise ValueError(f"{a!r}: expected comma-separated integers, e.g. --seeds=0,1,2")
     return seeds
-
-
 
 
 def parse_overrides(argv: list[str], config_cls) -> dict:

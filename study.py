@@ -205,11 +205,11 @@ def _w_density_grid(df: int, steps: int = 4000) -> tuple[tuple[float, float], ..
     for i in range(steps + 1):
         w = i * h
         v = df * w * w                        # density of W: 2 df w f_chi2(df w^2)
-        log_f = ((df / 2 - 1) * math.log(v) - v / 2 - (df / 2) * math.log(2)
-                 - math.lgamma(df / 2)) if v > 0 else None
-        dens = 2 * df * w * math.exp(log_f) if log_f is not None else (2.0 if df == 1 else 0.0)
-        if df == 1 and w == 0:
-            dens = 2 * math.sqrt(1 / (2 * math.pi))   # |Z|'s density at 0
+        if w == 0:                            # df 1: W = |Z|, density sqrt(2 / pi) at 0
+            dens = math.sqrt(2 / math.pi) if df == 1 else 0.0
+        else:
+            dens = 2 * df * w * math.exp((df / 2 - 1) * math.log(v) - v / 2
+                                         - (df / 2) * math.log(2) - math.lgamma(df / 2))
         simpson = 1 if i in (0, steps) else (4 if i % 2 else 2)
         out.append((w, simpson * h / 3 * dens))
     return tuple(out)
@@ -280,7 +280,6 @@ def holm(ps: list[float]) -> list[float]:
     return adjusted
 
 
-T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]  # t(0.975, df 1..10)
 
 
 def mcnemar_p(a_right: list[bool], b_right: list[bool]) -> float:
@@ -493,14 +492,9 @@ def _tokens(cfg, res: int) -> int:
 def _flops(cfg, res: int) -> int:
     """Matmul FLOPs of one training step per image at `res` (the study's teacher: cfg's
     teacher_model at the student's patch and view)."""
-    prefix = 2 if cfg.kd else 1
-    flops = 3 * bench.forward_flops(cfg.model, res, cfg.patch_size, prefix)
-    if cfg.kd:
-        flops += bench.forward_flops(cfg.teacher_model, res, cfg.patch_size, 1)
-    if cfg.sal:
-        flops += (3 * bench.rollout_flops(cfg.model, res, cfg.patch_size, prefix)
-                  + bench.rollout_flops(cfg.teacher_model, res, cfg.patch_size, 1))
-    return flops
+    mode = "KD+Sal" if cfg.sal else "KD" if cfg.kd else "CE"
+    return bench.step_flops(cfg.model, mode, res, cfg.patch_size, teacher_res=res,
+                            teacher_preset=cfg.teacher_model)
 
 
 def main(argv: list[str]) -> int:

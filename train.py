@@ -298,8 +298,8 @@ def test_all(model: nn.Module, best_state: dict | None, d: dict, cfg: RunConfig)
     """The last weights (and the best validation epoch's, when they differ) on the test set at
     every resolution -> (results.json's test fields, {which: 32-px predictions})."""
     def predict_all(m):
-        bar = tqdm(sorted(set(cfg.resolutions) | {32}), desc=f"test ({len(d['test_x'])} images)",
-                   unit="res", leave=False)
+        bar = tqdm(irkd.eval_resolutions(cfg.resolutions),
+                   desc=f"test ({len(d['test_x'])} images)", unit="res", leave=False)
         return {r: irkd.predict(m, d["test_x"], r) for r in bar}
     final = best = predict_all(model)
     if best_state is not None:
