@@ -1,7 +1,7 @@
 """CIFAR-10 on the device: loading, the split, the sampler, augmentation and the two views.
 
     load_cifar10      the official python files (downloaded, md5-checked, when missing)
-    split_train_val   the fixed 45,000 / 5,000 split
+    split_train_val   the fixed 45,000 / 5,000 split (this project's, or the notebooks')
     prepare           subsets and every tensor moved to the training device once
     EpochSampler      every random draw of an epoch (order, crop offsets, flips)
     make_views        the student's view at `res` and the teacher's view of the same image
@@ -147,20 +147,28 @@ def load_cifar10(root: str = "data", download: bool = True) -> dict[str, torch.T
                 test_x=test_x, test_y=test_y)
 
 
-def split_train_val(x: torch.Tensor, y: torch.Tensor, val_size: int = 5000, seed: int = 42):
-    """This project's fixed split of the 50,000 training images: 5,000 validation images, the
-    *first* 5,000 of a seed-42 permutation, and the other 45,000 for training. (The notebooks'
-    random_split(..., [45000, 5000], generator=manual_seed(42)) draws the same permutation but
-    takes the *last* 5,000 for validation; the study's runs depend on this one.)"""
+def split_train_val(x: torch.Tensor, y: torch.Tensor, val_size: int = 5000, seed: int = 42,
+                    split: str = "project"):
+    """The fixed split of the 50,000 training images into training and validation. Both
+    readings draw one seed-42 permutation: split="project" (this project's; the study's runs
+    depend on it) validates on its *first* `val_size` images, split="notebooks" on its *last*
+    ones, as the notebooks' random_split(..., [45000, 5000], generator=manual_seed(42)) does."""
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    val, train = perm[:val_size], perm[val_size:]
+    if split == "notebooks":
+        train, val = perm[:len(x) - val_size], perm[len(x) - val_size:]
+    elif split == "project":
+        val, train = perm[:val_size], perm[val_size:]
+    else:
+        raise ValueError(f"split={split!r}: use 'project' or 'notebooks'")
     return x[train], y[train], x[val], y[val]
 
 
 def prepare(data: dict, *, train_size: int = 0, val_size: int = 0, test_size: int = 0,
-            batch_size: int = 128, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """The paper's split, optional subsets (0 = everything), every tensor moved to `device` once."""
-    tx, ty, vx, vy = split_train_val(data["train_x"], data["train_y"])
+            batch_size: int = 128, device: torch.device | str = "cpu",
+            split: str = "project") -> dict[str, torch.Tensor]:
+    """The split (split_train_val), optional subsets (0 = everything), every tensor moved to
+    `device` once."""
+    tx, ty, vx, vy = split_train_val(data["train_x"], data["train_y"], split=split)
     sx, sy = data["test_x"], data["test_y"]
     n = lambda size, t: size if 0 < size < len(t) else len(t)  # noqa: E731 (0 = everything)
     out = dict(train_x=tx[:n(train_size, tx)], train_y=ty[:n(train_size, tx)],
@@ -322,12 +330,14 @@ def trivial_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor
     return apply_ops(x, op, magnitude)
 
 
-def random_erase(x: torch.Tensor, generator: torch.Generator, p: float) -> torch.Tensor:
-    """With probability p per image, set a random rectangle (2-33 % of the area, aspect
-    0.3-3.3) to 0, the dataset mean once normalised. x: (B, C, H, W), normalised."""
+def random_erase(x: torch.Tensor, generator: torch.Generator, p: float,
+                 max_area: float = 0.33) -> torch.Tensor:
+    """With probability p per image, set a random rectangle (2 % to max_area of the area,
+    aspect 0.3-3.3) to 0, the dataset mean once normalised. x: (B, C, H, W), normalised.
+    max_area 0.33 is torchvision's default scale; the notebooks' P_2_KD_ONLY used 0.2."""
     B, _, H, W = x.shape
     u = torch.rand(5, B, generator=generator, device=x.device)
-    area = (0.02 + 0.31 * u[0]) * H * W
+    area = (0.02 + (max_area - 0.02) * u[0]) * H * W
     aspect = torch.exp(math.log(0.3) + (math.log(3.3) - math.log(0.3)) * u[1])
     h = (area * aspect).sqrt().round().clamp(1, H)
     w = (area / aspect).sqrt().round().clamp(1, W)
@@ -370,15 +380,16 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, num_
 
 
 def recipe_extras(x: torch.Tensor, labels: torch.Tensor, *, aug_gen: torch.Generator,
-                  erasing: float = 0.0,
+                  erasing: float = 0.0, erasing_area: float = 0.33,
                   mix_gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The teacher recipe's extras on a normalised batch -> (x, the loss target).
 
-    Random erasing with probability `erasing` per image, then mixup / cutmix when a
-    mix_gen is given (the target becomes soft). With neither, x and the labels unchanged.
+    Random erasing with probability `erasing` per image (at most `erasing_area` of it), then
+    mixup / cutmix when a mix_gen is given (the target becomes soft). With neither, x and the
+    labels unchanged.
     """
     if erasing > 0:
-        x = random_erase(x, aug_gen, erasing)
+        x = random_erase(x, aug_gen, erasing, erasing_area)
     if mix_gen is None:
         return x, labels
     return mix_batch(x, labels, mix_gen)

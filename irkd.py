@@ -522,7 +522,7 @@ class Config:
             if r % self.patch_size:
                 raise ValueError(f"resolution {r} is not divisible by patch_size="
                                  f"{self.patch_size}; choose multiples of {self.patch_size}")
-        if self.cl and self.epochs % len(res):
+        if self.cl and sum(e for _, e in self.stages()) != self.epochs:   # an unequal split
             raise ValueError(f"epochs={self.epochs} does not split equally over {len(res)} "
                              f"curriculum stages")
         if self.sal and not self.kd:

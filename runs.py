@@ -321,6 +321,10 @@ class Run:
                                           # with uncommitted changes) and the epochs done before
         # the best validation epoch so far: its number, its accuracy and a copy of its weights
         self.best_epoch, self.best_val, self.best_state = None, float("-inf"), None
+        # the best epoch of the current stage by its own validation, kept only for the cells
+        # that reload it or test it (the notebooks' CL cells): stage, epoch, val, model
+        self.stage_best: dict | None = None
+        self.keeps_stage_best = cfg.reload_best or cfg.select == "last_stage_best"
 
     def path(self, name: str) -> str:
         return os.path.join(self.dir, name)
@@ -362,6 +366,7 @@ class Run:
                 best = ckpt["best"]
                 self.best_epoch, self.best_val, self.best_state = (best["epoch"], best["val"],
                                                                    best["model"])
+            self.stage_best = ckpt.get("stage_best")
             try:
                 with open(self.path("log.jsonl")) as f:
                     self.rows = [json.loads(line) for line in f if line.strip()][:self.done]
@@ -440,6 +445,11 @@ class Run:
         if select_val > self.best_val:        # a copy of the weights, kept until a better epoch
             self.best_epoch, self.best_val = row["epoch"], select_val
             self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if self.keeps_stage_best and (self.stage_best is None or row["stage"] != self.stage_best[
+                "stage"] or row["val_acc"] > self.stage_best["val"]):  # a new stage, or better
+            self.stage_best = dict(stage=row["stage"], epoch=row["epoch"], val=row["val_acc"],
+                                   model={k: v.detach().clone()
+                                          for k, v in model.state_dict().items()})
         if test_predictions is not None:
             self.predictions[f"epoch_{row['epoch']}"] = encode_predictions(test_predictions)
             write_json(self.path("predictions.json"), self.predictions)
@@ -461,7 +471,8 @@ class Run:
                          model_args=self.model_args, teacher_info=self.teacher_info,
                          starts=self.starts,
                          best=dict(epoch=self.best_epoch, val=self.best_val,
-                                   model=self.best_state)),
+                                   model=self.best_state),
+                         stage_best=self.stage_best),
                     self.path("checkpoint.pt"))
         self.done = row["epoch"]
         self.log.write(json.dumps(row) + "\n")

@@ -44,7 +44,8 @@ QUICK_PRESET = "custom"  # the quick teacher: the custom size at 32 px, a few ep
 # teacher_epochs, CONV_EPOCHS in experiments.py's study arms
 CONV_RECIPE = dict(lr=2e-3, weight_decay=5e-2, label_smoothing=0.1)
 CONV_EPOCHS = 12
-RECIPE = ("augment", "mixup", "randaug", "erasing")  # augmentation a cached teacher must match
+# what a cached teacher must match: its augmentation and the split it validated on
+RECIPE = ("augment", "mixup", "randaug", "erasing", "split")
 
 
 def teacher_config(patch_size: int = 4, *, quick: bool = False,
@@ -57,6 +58,7 @@ def teacher_config(patch_size: int = 4, *, quick: bool = False,
     name = f"teacher_{base.teacher_model}" + ("" if conv else f"_p{patch_size}")
     name += f"_{base.teacher_epochs}ep" if base.teacher_epochs != 135 else ""
     name += f"_{base.train_size}img" if base.train_size else ""
+    name += "_nbsplit" if base.split == "notebooks" else ""   # validated on other images
     cfg = dataclasses.replace(
         base, name=name, model=base.teacher_model, patch_size=patch_size, kd=False, cl=False,
         sal=False, epochs=base.teacher_epochs, lr=4e-4, weight_decay=2e-4, schedule="onecycle",
@@ -67,7 +69,9 @@ def teacher_config(patch_size: int = 4, *, quick: bool = False,
         augment="crop_flip", resize_mode="resize", select="last", patience=0, micro_batch=0,
         # nor the student's per-image extras (orig_tiny_p2_kd's erasing would otherwise train
         # the shared p2 teacher with erasing): the recipe's switches start off
-        randaug=False, erasing=0.0)
+        randaug=False, erasing=0.0, erasing_area=0.33,
+        # nor the replays' switches of the student: a plain ViT, the default stopping
+        arch="irkd", attn_dropout=0.0, reload_best=False, stage_epochs=(), stop_epoch=0)
     if conv and not quick:
         # the convnet's own recipe (docs/speed.md, "A convolutional teacher"): sized for ~30 min
         # of a 2-core CPU. Batch norm lets a convnet take a larger lr than a ViT; label
@@ -79,14 +83,19 @@ def teacher_config(patch_size: int = 4, *, quick: bool = False,
         # mixup/cutmix: P_4_ALL.ipynb cell 5 (SMALL_P_4_ALL.py, the cell at line 2437) builds
         # train_tf (crop, flip, AutoAugment, erasing) on `full`, random_splits `full`, then sets
         # `val_ds.dataset.transform = val_tf` (its line 107): the same object the train Subset reads
+        # torch's OneCycleLR (div 20, final div 5, beta1 cycled) with its peak at 60 %; HF's
+        # ViT with hidden and attention dropout 0.1 (notebooks.py, arch="notebook")
         cfg = dataclasses.replace(cfg, name=name + "_orig", dropout=0.1, select="best",
+                                  schedule="onecycle_torch", arch="notebook", attn_dropout=0.1,
                                   warmup_epochs=round(0.6 * base.teacher_epochs), augment="none")
     if quick:
         # one small stand-in for either recipe (the same name, so the same cached file)
         cfg = dataclasses.replace(cfg, name=f"teacher_quick_p{patch_size}", model=QUICK_PRESET,
                                   **quick_sizes(QUICK_PRESET, patch_size, epochs=8),
                                   warmup_epochs=1, mixup=False, randaug=False, erasing=0.0,
-                                  lr=1e-3, dropout=0.0, augment="crop_flip", select="last")
+                                  lr=1e-3, dropout=0.0, augment="crop_flip", select="last",
+                                  schedule="onecycle", arch="irkd", attn_dropout=0.0,
+                                  split="project")
     return cfg
 
 

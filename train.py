@@ -21,6 +21,7 @@ from tqdm import tqdm
 import convnet
 import data as data_lib
 import irkd
+import notebooks
 import runs
 from irkd import spec
 from saliency_variants import METHODS
@@ -36,7 +37,9 @@ class Recipe:
     the switches that replay the original notebooks (experiments.py's orig_* cells)."""
     # the teacher's recipe: a warm-up + cosine schedule, label smoothing, mixup / cutmix,
     # TrivialAugment and random erasing
-    schedule: str = spec("constant", ("constant", "onecycle"))
+    # "onecycle": a linear warm-up then cosine to 0 (this project's teachers); "onecycle_torch":
+    # torch's OneCycleLR (cosine up and down, beta1 cycled), as the notebooks' p4 teacher ran
+    schedule: str = spec("constant", ("constant", "onecycle", "onecycle_torch"))
     warmup_epochs: int = spec(0, "[0, inf)")
     label_smoothing: float = spec(0.0, "[0, 1)")
     mixup: bool = False                # mixup / cutmix, half the batches each
@@ -54,9 +57,22 @@ class Recipe:
     loss_form: str = spec("convex", ("convex", "paper"))      # "paper": CE + alpha KD
     saliency: str = spec("rollout", tuple(METHODS))           # saliency_variants.METHODS
     head: str = spec("avg", ("avg", "cls"))   # the reported head: the two heads' mean, or cls
-    select: str = spec("last", ("last", "best"))  # last epoch's weights or best validation's
-    # > 0: end a stage after this many epochs without a better validation accuracy
+    # the tested weights: the last epoch's, the best validation epoch's (32 px), or the best of
+    # the last stage by its own validation (the notebooks' CL cells)
+    select: str = spec("last", ("last", "best", "last_stage_best"))
+    # > 0: end a stage after this many epochs without a better validation accuracy (at the
+    # stage's resolution); with reload_best the next stage starts from that stage's best weights
     patience: int = spec(0, "[0, inf)")
+    reload_best: bool = False
+    stage_epochs: tuple = ()           # epochs per stage instead of the equal split; sum = epochs
+    stop_epoch: int = spec(0, "[0, inf)")     # > 0: stop after this many epochs (a run cut short)
+    split: str = spec("project", ("project", "notebooks"))   # data.split_train_val
+    erasing_area: float = spec(0.33, "(0.02, 1]")  # the largest erased share of an image
+    # "notebook": the notebooks' students (notebooks.py): HF's ViT (its dropout places, its own
+    # attention dropout) and, with kd, their wrapper (no final norm, a zero dist token, no
+    # position row)
+    arch: str = spec("irkd", ("irkd", "notebook"))
+    attn_dropout: float = spec(0.0, "[0, 1)")
 
 
 @dataclass
@@ -66,9 +82,19 @@ class RunConfig(runs.RunOptions, Recipe, irkd.Config):
     # field keeps its place among the method's fields
     model: str = spec("custom", MODELS)
 
+    def stages(self) -> list[tuple[int, int]]:
+        """irkd.Config's stages, or with stage_epochs the notebooks' uneven ones."""
+        if self.cl and self.stage_epochs:
+            return list(zip(self.resolutions, self.stage_epochs))
+        return super().stages()
+
     def check(self) -> None:
         """Reject a config that cannot run, with a message that says what to change."""
         try:
+            if self.stage_epochs and (not self.cl or len(self.stage_epochs) != len(
+                    self.resolutions) or sum(self.stage_epochs) != self.epochs):
+                raise ValueError(f"stage_epochs={self.stage_epochs} needs cl=True, one entry per "
+                                 f"resolution {self.resolutions} and a sum of epochs={self.epochs}")
             super().check()               # every field's range, and the method's own rules
             self._check_combinations()
         except ValueError as e:
@@ -104,6 +130,14 @@ class RunConfig(runs.RunOptions, Recipe, irkd.Config):
                                          and any(r % t_patch for r in self.resolutions))):
             raise ValueError(f"teacher_patch={t_patch} must divide 32 and, with "
                              f"teacher_res='same', every curriculum resolution {self.resolutions}")
+        if self.reload_best and not self.patience:
+            raise ValueError("reload_best=True acts when patience ends a stage: set patience > 0")
+        if self.stop_epoch and (self.stop_epoch > self.epochs or self.patience):
+            raise ValueError(f"stop_epoch={self.stop_epoch} must be at most epochs={self.epochs}, "
+                             f"and not combined with patience (no notebook did both)")
+        if self.arch == "irkd" and self.attn_dropout:
+            raise ValueError("attn_dropout is arch='notebook''s own rate; irkd.ViT uses dropout "
+                             "for the attention too")
         if any(not 1 <= e <= self.epochs for e in self.test_epochs):
             raise ValueError(f"test_epochs={self.test_epochs}: each must be an epoch in "
                              f"1..{self.epochs}")
@@ -114,14 +148,22 @@ class RunConfig(runs.RunOptions, Recipe, irkd.Config):
 # =============================================================================
 
 def model_args(cfg: RunConfig) -> dict:
-    return dict(preset=cfg.model, patch_size=cfg.patch_size, distill_token=cfg.kd,
+    args = dict(preset=cfg.model, patch_size=cfg.patch_size, distill_token=cfg.kd,
                 dropout=cfg.dropout)
+    if cfg.arch != "irkd":               # only then: checkpoints of irkd.ViT stay as they were
+        args |= dict(arch=cfg.arch, attn_dropout=cfg.attn_dropout)
+    return args
 
 
 def make_model(preset: str, *, patch_size: int, distill_token: bool = False,
-                dropout: float = 0.0) -> nn.Module:
-    """The model that model_args describe: irkd's ViT, or for a conv preset the ConvNet
-    (convnet.py; no patches, so patch_size is unused; no token, no dropout)."""
+               dropout: float = 0.0, arch: str = "irkd", attn_dropout: float = 0.0) -> nn.Module:
+    """The model that model_args describe: irkd's ViT, the notebooks' distilled student
+    (arch="notebook", notebooks.py), or for a conv preset the ConvNet (convnet.py; no
+    patches, so patch_size is unused; no token, no dropout)."""
+    if arch == "notebook":
+        return notebooks.build_notebook_model(preset, patch_size=patch_size,
+                                              distill_token=distill_token, dropout=dropout,
+                                              attn_dropout=attn_dropout)
     if preset not in convnet.CONV_PRESETS:
         return irkd.build_model(preset, patch_size=patch_size, distill_token=distill_token,
                                 dropout=dropout)
@@ -152,13 +194,36 @@ def build(cfg: RunConfig, teacher: nn.Module | None, device: torch.device):
 
 
 def lr_at(cfg: RunConfig, step: int, total_steps: int, warmup_steps: int) -> float:
-    """The learning rate at `step`: constant, or linear warm-up then cosine to zero."""
+    """The learning rate at `step`: constant, or linear warm-up then cosine to zero (or
+    torch's OneCycleLR, its peak at the end of the warm-up: onecycle_torch_at)."""
     if cfg.schedule == "constant":
         return cfg.lr
+    if cfg.schedule == "onecycle_torch":
+        return onecycle_torch_at(step, total_steps, cfg.lr, warmup_steps / total_steps)[0]
     if step < warmup_steps:
         return cfg.lr * (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def onecycle_torch_at(step: int, total_steps: int, max_lr: float, pct_start: float,
+                      div_factor: float = 20.0, final_div_factor: float = 5.0,
+                      momenta: tuple[float, float] = (0.85, 0.95)) -> tuple[float, float]:
+    """(lr, AdamW's beta1) at `step` as torch.optim.lr_scheduler.OneCycleLR(max_lr, total_steps,
+    pct_start, anneal_strategy="cos", div_factor, final_div_factor) gives them (the notebooks'
+    p4 teacher, P_4_ALL cell 5: 20, 5): lr rises from max_lr / div_factor to max_lr along a
+    half cosine up to step pct_start * total - 1, then falls to max_lr / div_factor /
+    final_div_factor; beta1 (cycle_momentum) moves the other way, 0.95 -> 0.85 -> 0.95."""
+    low, high = momenta
+    start_lr = max_lr / div_factor
+    peak = float(pct_start * total_steps) - 1                      # torch's end of phase 1
+    if step <= peak:
+        a, b, frac = (start_lr, max_lr), (high, low), step / peak
+    else:
+        a, b = (max_lr, start_lr / final_div_factor), (low, high)
+        frac = (step - peak) / (total_steps - 1 - peak)
+    cos = lambda lo_hi: lo_hi[1] + (lo_hi[0] - lo_hi[1]) / 2 * (math.cos(math.pi * frac) + 1)  # noqa: E731
+    return cos(a), cos(b)
 
 
 def load_model(path: str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
@@ -200,7 +265,7 @@ def train(cfg: RunConfig, *, teacher: nn.Module | None = None, data: dict | None
     run = runs.Run(cfg, teacher_info=teacher_info)  # device, runs/NAME/, a checkpoint to resume
     d = data_lib.prepare(data if data is not None else data_lib.load_cifar10(cfg.data),
                          device=run.device, train_size=cfg.train_size, val_size=cfg.val_size,
-                         test_size=cfg.test_size, batch_size=cfg.batch_size)
+                         test_size=cfg.test_size, batch_size=cfg.batch_size, split=cfg.split)
     model, teacher, step_model, loss_fn = build(cfg, teacher, run.device)
     # every random draw of the data comes from these three generators, all saved in checkpoints
     sampler = data_lib.EpochSampler(len(d["train_x"]), cfg.batch_size, cfg.seed, run.device)
@@ -209,15 +274,21 @@ def train(cfg: RunConfig, *, teacher: nn.Module | None = None, data: dict | None
     stages, steps = cfg.stages(), sampler.steps_per_epoch()     # [(res, epochs)], steps/epoch
     total_epochs = sum(e for _, e in stages)
     run.start(model, dict(sampler_rng=sampler.generator, mix_rng=mix_gen, aug_rng=aug_gen),
-              model_args=model_args(cfg), params=irkd.count_params(model), epochs=total_epochs,
-              images_per_epoch=steps * cfg.batch_size)
+              model_args=model_args(cfg), params=irkd.count_params(model),
+              epochs=cfg.stop_epoch or total_epochs, images_per_epoch=steps * cfg.batch_size)
 
     epoch, opt = 0, None
     for stage, (res, epochs) in enumerate(stages):
+        # reload_best: a stage that patience ended hands on its best weights (unless this
+        # stage had begun before a resume: its checkpoint already holds what followed)
+        if cfg.reload_best and stage and epoch >= run.done and stopped(cfg, run, stage - 1):
+            model.load_state_dict(run.stage_best["model"])
         for stage_epoch in range(1, epochs + 1):
             epoch += 1
-            # skip what a resumed run finished, and (patience > 0) a stage that stopped improving
-            if epoch <= run.done or (cfg.patience and run.epochs_since_best(stage) >= cfg.patience):
+            # skip what a resumed run finished, what lies past stop_epoch, and (patience > 0)
+            # the rest of a stage that stopped improving
+            if (epoch <= run.done or (cfg.stop_epoch and epoch > cfg.stop_epoch)
+                    or stopped(cfg, run, stage)):
                 continue
             # a fresh AdamW at every stage start: each resolution begins with new moments
             new_stage = cfg.fresh_optimizer and stage_epoch == 1
@@ -242,8 +313,14 @@ def train(cfg: RunConfig, *, teacher: nn.Module | None = None, data: dict | None
                                              policy="autoaugment" if aa else "trivial")
                 xs, target = data_lib.recipe_extras(xs, d["train_y"][idx], aug_gen=aug_gen,
                                                     erasing=cfg.erasing,
+                                                    erasing_area=cfg.erasing_area,
                                                     mix_gen=mix_gen if cfg.mixup else None)
                 lr = lr_at(cfg, run.step, steps * total_epochs, cfg.warmup_epochs * steps)
+                if cfg.schedule == "onecycle_torch":     # torch's OneCycleLR cycles beta1 too
+                    beta1 = onecycle_torch_at(run.step, steps * total_epochs, cfg.lr,
+                                              cfg.warmup_epochs / total_epochs)[1]
+                    for group in opt.param_groups:
+                        group["betas"] = (beta1, group["betas"][1])
                 run.before_step()
                 stats = irkd.train_step(step_model, loss_fn, opt, xs, target,
                                         labels=d["train_y"][idx],
@@ -263,10 +340,16 @@ def train(cfg: RunConfig, *, teacher: nn.Module | None = None, data: dict | None
             run.end_epoch(model, opt, sums, seconds, snapshot=snap, stage=stage, res=res,
                           epoch=epoch, stage_epoch=stage_epoch, lr=lr, **checked)
 
-    # test: the last weights, and the best validation epoch's, at every resolution
+    # the last stage, ended by patience, hands on its best weights too (the notebooks' CL cells)
+    if cfg.reload_best and stopped(cfg, run, len(stages) - 1):
+        model.load_state_dict(run.stage_best["model"])
+    # test: the last weights, and the selected epoch's (cfg.select), at every resolution
     run.begin_test()
-    best = run.best_state if run.best_epoch not in (None, run.done) else None  # done: last epoch
+    chosen_epoch, chosen = ((run.stage_best["epoch"], run.stage_best["model"])
+                            if cfg.select == "last_stage_best" else (run.best_epoch, run.best_state))
+    best = chosen if chosen_epoch not in (None, run.done) else None   # run.done: the last epoch
     test, predictions = test_all(model, best, d, cfg)
+    test["selected_epoch"] = run.done if cfg.select == "last" else chosen_epoch
     return run.finish(model, test, predictions=predictions, test_x=d["test_x"], labels=d["test_y"],
                       params=irkd.count_params(model), epochs=total_epochs, stages=stages,
                       teacher=teacher_info, train_images=len(d["train_x"]))
@@ -275,6 +358,11 @@ def train(cfg: RunConfig, *, teacher: nn.Module | None = None, data: dict | None
 # =============================================================================
 # An epoch's checks, the test, the saliency snapshots
 # =============================================================================
+
+def stopped(cfg: RunConfig, run: runs.Run, stage: int) -> bool:
+    """Did patience end `stage`: cfg.patience epochs of it without a better validation?"""
+    return bool(cfg.patience) and run.epochs_since_best(stage) >= cfg.patience
+
 
 def main_head(heads: dict, wanted: str = "avg") -> str:
     """The reported head: `wanted` where the model has it, else "cls" (no distillation token)."""
@@ -307,7 +395,7 @@ def test_all(model: nn.Module, best_state: dict | None, d: dict, cfg: RunConfig)
         best_model.load_state_dict(best_state)
         best = predict_all(best_model)
     heads = {w: irkd.by_resolution(p, d["test_y"]) for w, p in (("last", final), ("best", best))}
-    head, chosen = main_head(heads["last"], cfg.head), heads[cfg.select]
+    head, chosen = main_head(heads["last"], cfg.head), heads["last" if cfg.select == "last" else "best"]
     test = dict(test_acc=chosen[head]["32"], test_head=head, test_acc_by_res=chosen[head],
                 heads=chosen, select=cfg.select, heads_last=heads["last"], heads_best=heads["best"])
     return test, dict(last=final[32], best=best[32])

@@ -155,6 +155,22 @@ def test_random_erase():
             assert box.all() and box.numel() == area                   # a full rectangle
 
 
+# Oracle: torchvision's area draw, uniform in [0.02, max_area] of the image (P_2_KD_ONLY:
+# scale=(0.02, 0.2)); the default 0.33 draws exactly what the fixed 0.02 + 0.31 u drew.
+def test_random_erase_area_bound():
+    H = W = 32
+    x = torch.rand(400, 3, H, W) + 1
+    small = data_lib.random_erase(x, torch.Generator().manual_seed(0), 1.0, max_area=0.2)
+    areas = (small[:, 0] == 0).flatten(1).sum(1).float() / (H * W)
+    assert areas.max() <= 0.2 + (H + W) / (H * W) and areas.min() > 0
+    assert areas.max() > 0.15                    # the whole range is used
+    default = data_lib.random_erase(x, torch.Generator().manual_seed(0), 1.0)
+    assert ((default[:, 0] == 0).flatten(1).sum(1).float() / (H * W)).max() > 0.25
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(5, 400, generator=g)
+    assert torch.equal(0.02 + 0.31 * u[0], 0.02 + (0.33 - 0.02) * u[0])
+
+
 # Oracle: the loop feeds the student make_views(aug_gen) then random_erase, drawn from one
 # generator in that order (recipe_extras); with erasing=0 and no mixing, the view unchanged.
 def test_recipe_extras_erases_after_the_views_from_one_generator():

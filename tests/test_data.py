@@ -354,3 +354,18 @@ def test_a_mistyped_data_directory_is_not_left_behind(tmp_path):
     with pytest.raises(data_lib.DataError, match="could not download"):
         data_lib.download_cifar10(str(typo), url=(tmp_path / "nowhere.tar.gz").as_uri())
     assert not typo.exists()
+
+
+# Oracle: torch's random_split itself, as the notebooks called it.
+def test_notebooks_split_is_random_split():
+    from torch.utils.data import random_split
+    idx = torch.arange(50000)
+    train, val = random_split(range(50000), [45000, 5000],
+                              generator=torch.Generator().manual_seed(42))
+    ti, _, vi, _ = data_lib.split_train_val(idx, idx, split="notebooks")
+    assert ti.tolist() == list(train.indices) and vi.tolist() == list(val.indices)
+    # this project's split validates on the first 5,000 of the same permutation
+    _, _, pv, _ = data_lib.split_train_val(idx, idx)
+    assert pv.tolist() == list(train.indices[:5000])
+    with pytest.raises(ValueError, match="split"):
+        data_lib.split_train_val(idx, idx, split="last")

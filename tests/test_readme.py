@@ -188,8 +188,8 @@ def test_readme_results_quote_the_generated_block():
     # each claim row is a claim row of the block: paper, here and interval together
     rows = claim_figures(results, "| claim | paper | here |")
     assert len(rows) == 5, rows
-    assert rows <= claim_figures(block, "| claim | paper"), \
-        rows - claim_figures(block, "| claim | paper")
+    assert rows <= claim_figures(block, "| claim | size claimed"), \
+        rows - claim_figures(block, "| claim | size claimed")
     # each arm quoted with its accuracy has that accuracy in the block
     arms = ARM_QUOTE.findall(re.sub(r"\s+", " ", results))
     assert len(arms) >= 3, arms

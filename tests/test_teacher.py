@@ -88,9 +88,12 @@ def test_teacher_config_original_recipe():
     assert orig.augment == "none" and orig.mixup is True and orig.randaug is False
     assert orig.erasing == 0.0 and orig.label_smoothing == 0.01
     assert (orig.dropout, orig.select, orig.warmup_epochs) == (0.1, "best", 81)
+    # torch's OneCycleLR and HF's ViT with hidden and attention dropout 0.1 (P_4_ALL cell 5)
+    assert (orig.schedule, orig.arch, orig.attn_dropout) == ("onecycle_torch", "notebook", 0.1)
     assert dataclasses.replace(orig, name=default.name, augment="crop_flip", dropout=0.0,
                                select="last", warmup_epochs=default.warmup_epochs,
-                               teacher_recipe="default") == default   # nothing else differs
+                               teacher_recipe="default", schedule="onecycle", arch="irkd",
+                               attn_dropout=0.0) == default   # nothing else differs
     assert experiments.EXPERIMENTS["orig_teacher_small_p4"].augment == "none"
     orig.check()
 
@@ -236,4 +239,11 @@ def test_a_students_erasing_does_not_reach_its_teacher():
     assert student.erasing == 0.2
     t = teacher_lib.teacher_config(2, base=student)
     assert (t.erasing, t.randaug) == (0.0, False)
-    assert t.name == teacher_lib.teacher_config(2, base=experiments.EXPERIMENTS["kdonly"]).name
+    assert t.name == teacher_lib.teacher_config(
+        2, base=experiments.EXPERIMENTS["orig_tiny_p2_kd_cl"]).name == "teacher_small_p2_nbsplit"
+    # nor the replays' student switches; the split stays (the teacher validates on the
+    # student's validation images and is cached apart from the project-split teacher)
+    assert (t.arch, t.attn_dropout, t.stop_epoch, t.erasing_area, t.split) == (
+        "irkd", 0.0, 0, 0.33, "notebooks")
+    assert teacher_lib.teacher_config(2, base=experiments.EXPERIMENTS["kdonly"]).name == \
+        "teacher_small_p2"

@@ -452,14 +452,14 @@ def test_bad_study_fields_are_refused():
 # the cropping curriculum, probe / attn saliency, AutoAugment + erasing with KD, dropout), here
 # on a custom-size student and teacher, two small epochs and a few synthetic images to stay fast.
 # Oracle: what each replay must report, written out by hand from docs/reproducing.md's table
-# (name -> curriculum, distillation, saliency term, selection): CE and CL cells keep the best
-# validation epoch, the others the last; a CL run logs 8 then 16 px, any other 32 px twice;
+# (name -> curriculum, distillation, saliency term, selection): CE cells keep the best
+# validation epoch, CL cells the best of the last stage, the others the last; a CL run logs 8 then 16 px, any other 32 px twice;
 # a KD run has the three heads and a KD term, a Sal run a saliency term too; the logged loss is
 # (1 - 0.5) CE + 0.5 KD + 0.8 Sal; the reported number is the cls head at 32 px of the selected
 # weights, i.e. the share of predictions.json's digits that match the labels.
 REPLAY_OUTCOME = {
     "orig_custom_p2_ce": (False, False, False, "best"),
-    "orig_custom_p2_cl": (True, False, False, "best"),
+    "orig_custom_p2_cl": (True, False, False, "last_stage_best"),
     "orig_custom_p2_kd": (False, True, False, "last"),
     "orig_custom_p2_kd_cl": (True, True, False, "last"),
     "orig_custom_p2_kd_cl_sal": (True, True, True, "last"),
@@ -467,7 +467,8 @@ REPLAY_OUTCOME = {
     "orig_tiny_p2_kd_cl": (True, True, False, "last"),
     "orig_tiny_p2_kd_cl_sal": (True, True, True, "last"),
     "orig_tiny_p4_ce": (False, False, False, "best"),
-    "orig_tiny_p4_cl": (True, False, False, "best"),
+    "orig_tiny_p4_cl": (True, False, False, "last_stage_best"),
+    "orig_tiny_p4_cl_md": (True, False, False, "last_stage_best"),
     "orig_tiny_p4_kd": (False, True, False, "last"),
     "orig_tiny_p4_kd_cl": (True, True, False, "last"),
     "orig_tiny_p4_kd_cl_sal": (True, True, True, "last"),
@@ -483,7 +484,7 @@ def test_every_replay_runs(name, tmp_path, train_data):
     cl, kd, sal, select = REPLAY_OUTCOME[name]
     (cfg,) = experiments.configs_for(name, {"quick": True, "out": str(tmp_path), "device": "cpu"})
     cfg = dataclasses.replace(cfg, model="custom", resolutions=(8, 16), epochs=2, batch_size=32,
-                              train_size=64, val_size=32, test_size=32)
+                              train_size=64, val_size=32, test_size=32, stop_epoch=0)
     cfg.check()
     teacher = irkd.build_model("custom", patch_size=cfg.patch_size) if cfg.kd else None
     r = train_lib.train(cfg, teacher=teacher, data=train_data)
@@ -494,10 +495,12 @@ def test_every_replay_runs(name, tmp_path, train_data):
         want = (0.5 * row["ce"] + 0.5 * row["kd"] + 0.8 * row["sal"]) if kd else row["ce"]
         assert abs(row["loss"] - want) < 1e-4 * max(1.0, want), row
     assert set(r["heads"]) == ({"cls", "dist", "avg"} if kd else {"cls"})
-    assert r["select"] == select and r["heads"] == r[f"heads_{select}"]
+    assert r["select"] == select
+    assert r["heads"] == r["heads_last" if select == "last" else "heads_best"]
     assert r["test_head"] == "cls" and r["test_acc"] == r["heads"]["cls"]["32"]
     preds = json.load(open(tmp_path / "quick" / name / "predictions.json"))
-    hits = sum(p == t for p, t in zip(preds[select]["cls"], preds["labels"]))
+    which = "last" if select == "last" else "best"
+    hits = sum(p == t for p, t in zip(preds[which]["cls"], preds["labels"]))
     assert len(preds["labels"]) == 32
     assert r["test_acc"] == pytest.approx(100 * hits / 32, abs=0.006)   # to 0.01
 
@@ -648,3 +651,125 @@ def test_compile_runs_the_compiled_teacher_with_saliency(tmp_path, monkeypatch, 
     steps = 2 * 2                                   # 2 epochs of 2 steps
     assert calls["TeacherWithMap"] >= steps, calls
     assert calls["ViT"] >= steps, calls
+
+
+# -----------------------------------------------------------------------------
+# The notebooks' stopping rules, on a scripted validation sequence. Oracle: the notebooks'
+# loops (P_2_OUR_STUDENT cells 3, 8, 17; P_4_ALL cells 3, 11, 14) worked by hand on the
+# script: `if val > best: save; no_imp = 0 else no_imp += 1; if no_imp >= patience: [reload
+# the stage's best;] break`, the CL cells then testing the best of the 32-px stage.
+# -----------------------------------------------------------------------------
+
+def flat(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
+
+
+def scripted_run(monkeypatch, tmp_path, train_data, script, **kw):
+    """Train with validate() replaced by the script (one accuracy per trained epoch) ->
+    (results, {epoch: weights after it}, [weights before each epoch's first step], log rows)."""
+    vals, after, before, steps = iter(script), {}, [], [0]
+
+    def validate(model, d, res, cfg, test=False):
+        v = next(vals)
+        after[len(after) + 1] = flat(model)
+        return dict(select_val=v, test_predictions=None, val_acc=v, val_heads={"cls": v},
+                    val_acc_32=v, val_heads_32={"cls": v}, test_heads_32=None)
+    real_step = irkd.train_step
+
+    def step(model, *a, **k):
+        if steps[0] % 2 == 0:                        # 64 images, batch 32: two steps an epoch
+            before.append(flat(model))
+        steps[0] += 1
+        return real_step(model, *a, **k)
+    monkeypatch.setattr(train_lib, "validate", validate)
+    monkeypatch.setattr(irkd, "train_step", step)
+    cfg = small_cfg(tmp_path, **kw)
+    r = train_lib.train(cfg, data=train_data)
+    model, _ = train_lib.load_model(str(tmp_path / "t" / "model.pt"))
+    return r, after, before, read_log(tmp_path / "t"), flat(model)
+
+
+def test_cl_rule_reloads_the_stage_best_and_tests_the_last_stage_best(
+        tmp_path, train_data, monkeypatch, capsys):
+    # stage 0 (8 px, epochs 1-5): best 50 at epoch 1, no better in 2, 3, 4: stops after epoch 4;
+    # stage 1 (16 px, epochs 6-10): best 60 at epoch 7, none better in 8-10: stops after 10
+    script = [50, 40, 30, 20, 10, 60, 20, 30, 40]
+    r, after, before, rows, saved = scripted_run(
+        monkeypatch, tmp_path, train_data, script, epochs=10, patience=3, reload_best=True,
+        select="last_stage_best")
+    assert [row["epoch"] for row in rows] == [1, 2, 3, 4, 6, 7, 8, 9, 10]
+    # the trained epochs are numbered 1..9 in `after`: epoch 1 is the first, 7 is the 6th
+    assert torch.equal(before[4], after[1])          # stage 1 starts from stage 0's best
+    assert torch.equal(saved, after[6])              # the last stage's best, reloaded at the end
+    assert r["selected_epoch"] == 7 and r["heads"] == r["heads_best"]
+
+
+def test_patience_without_reload_carries_the_last_weights(tmp_path, train_data, monkeypatch,
+                                                          capsys):
+    script = [50, 40, 30, 20, 10, 60, 20, 30, 40]
+    r, after, before, rows, saved = scripted_run(monkeypatch, tmp_path, train_data, script,
+                                                 epochs=10, patience=3)
+    assert [row["epoch"] for row in rows] == [1, 2, 3, 4, 6, 7, 8, 9, 10]
+    assert torch.equal(before[4], after[4])          # the stage's last trained weights go on
+    assert torch.equal(saved, after[9]) and r["selected_epoch"] == 10
+    assert r["heads"] == r["heads_last"]
+
+
+def test_best_selection_without_patience_runs_every_epoch(tmp_path, train_data, monkeypatch,
+                                                          capsys):
+    # the CE cells: all epochs, the best validation epoch's weights tested (not reloaded)
+    script = [10, 70, 20, 30, 40, 50]
+    r, after, _, rows, saved = scripted_run(monkeypatch, tmp_path, train_data, script, cl=False,
+                                            resolutions=(16, 32), epochs=6, select="best")
+    assert len(rows) == 6 and r["selected_epoch"] == 2 and r["heads"] == r["heads_best"]
+    assert torch.equal(saved, after[6])              # model.pt: the last weights
+
+
+def test_stop_epoch_and_uneven_stages(tmp_path, train_data, capsys):
+    cfg = small_cfg(tmp_path, epochs=3, stage_epochs=(1, 2), stop_epoch=2)
+    assert cfg.stages() == [(8, 1), (16, 2)]
+    train_lib.train(cfg, data=train_data)
+    assert [(row["res"], row["epoch"]) for row in read_log(tmp_path / "t")] == [(8, 1), (16, 2)]
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(stage_epochs=(1, 2)), "stage_epochs"),                   # sums to 3, not 2
+    (dict(stage_epochs=(1, 1), cl=False), "stage_epochs"),
+    (dict(reload_best=True), "patience"),
+    (dict(stop_epoch=3), "stop_epoch"),
+    (dict(attn_dropout=0.1), "attn_dropout"),
+])
+def test_the_replay_switches_are_checked(tmp_path, kw, message):
+    with pytest.raises(ValueError, match=message):
+        small_cfg(tmp_path, **kw).check()
+
+
+# Oracle: torch's own scheduler, stepped as the notebook steps it (once per optimiser step).
+def test_onecycle_torch_is_torchs_onecycle():
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=4e-4)
+    total = 135
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=4e-4, total_steps=total,
+                                                pct_start=0.6, anneal_strategy="cos",
+                                                div_factor=20.0, final_div_factor=5)
+    for step in range(total):
+        lr, beta1 = train_lib.onecycle_torch_at(step, total, 4e-4, 0.6)
+        group = opt.param_groups[0]
+        assert lr == pytest.approx(group["lr"], rel=1e-12, abs=1e-15), step
+        assert beta1 == pytest.approx(group["betas"][0], rel=1e-12), step
+        opt.step()
+        sched.step()
+    cfg = train_lib.RunConfig(schedule="onecycle_torch", lr=4e-4)
+    assert train_lib.lr_at(cfg, 0, 100, 60) == pytest.approx(2e-5)
+    assert train_lib.lr_at(cfg, 59, 100, 60) == pytest.approx(4e-4)
+    assert train_lib.lr_at(cfg, 99, 100, 60) == pytest.approx(4e-6)
+
+
+def test_onecycle_torch_cycles_adamw_beta1_in_a_run(tmp_path, train_data, capsys):
+    cfg = small_cfg(tmp_path, schedule="onecycle_torch", warmup_epochs=1, lr=1e-3)
+    train_lib.train(cfg, data=train_data)
+    ckpt = torch.load(tmp_path / "t" / "checkpoint.pt", weights_only=False)
+    # 4 steps, peak at step 1: the last step (3) is the end of the cycle, beta1 back at 0.95
+    assert ckpt["optimizer"]["param_groups"][0]["betas"][0] == pytest.approx(0.95)
+    assert [row["lr"] for row in read_log(tmp_path / "t")] == pytest.approx(
+        [train_lib.onecycle_torch_at(s, 4, 1e-3, 0.5)[0] for s in (1, 3)])
