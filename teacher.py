@@ -89,9 +89,16 @@ def teacher_config(patch_size: int = 4, *, quick: bool = False,
                                   schedule="onecycle_torch", arch="notebook", attn_dropout=0.1,
                                   warmup_epochs=round(0.6 * base.teacher_epochs), augment="none")
     if quick:
-        # one small stand-in for either recipe (the same name, so the same cached file)
-        cfg = dataclasses.replace(cfg, name=f"teacher_quick_p{patch_size}", model=QUICK_PRESET,
-                                  **quick_sizes(QUICK_PRESET, patch_size, epochs=8),
+        # one small stand-in for either recipe (the same name, so the same cached file); of the
+        # student's own size, cached under its own name, where the saliency reads the teacher's
+        # blocks at the student's layers (probe: all 12 of ViT-Tiny) and the stand-in has fewer
+        deep = (base.kd and base.sal and base.saliency == "probe" and base.model in irkd.PRESETS
+                and irkd.PRESETS[base.model]["depth"] > irkd.PRESETS[QUICK_PRESET]["depth"])
+        preset = base.model if deep else QUICK_PRESET
+        name = f"teacher_quick_p{patch_size}" if preset == QUICK_PRESET else \
+            f"teacher_quick_{preset}_p{patch_size}"
+        cfg = dataclasses.replace(cfg, name=name, model=preset,
+                                  **quick_sizes(preset, patch_size, epochs=8),
                                   warmup_epochs=1, mixup=False, randaug=False, erasing=0.0,
                                   lr=1e-3, dropout=0.0, augment="crop_flip", select="last",
                                   schedule="onecycle", arch="irkd", attn_dropout=0.0,

@@ -13,6 +13,7 @@ computed by hand for the report.
 import pytest
 
 import data as data_lib
+import irkd
 import train as train_lib
 import experiments
 import runs
@@ -300,3 +301,23 @@ def test_a_finished_run_is_skipped_not_trained_again(tmp_path, capsys):
     (done / "results.json").write_text("{}")                # a fresh clone: no checkpoint.pt
     assert experiments.main(["exp1a", "--quick", f"--out={tmp_path}"]) == 0   # no data loaded
     assert "exp1a: finished" in capsys.readouterr().out
+
+
+# Oracle: probe saliency reads the teacher's blocks at the student's layers (all 12 for
+# ViT-Tiny, saliency_variants.probe_layers); the quick teacher must have them, and every
+# other quick cell keeps the one shared quick teacher.
+def test_quick_probe_cells_get_a_teacher_as_deep_as_their_student():
+    import saliency_variants
+    for name in experiments.REPLAY:
+        c = experiments.configs_for(name, {"quick": True})[0]
+        if not c.kd:
+            continue
+        t = teacher_lib.teacher_config(c.teacher_patch or c.patch_size, quick=True, base=c)
+        depth = irkd.PRESETS[t.model]["depth"]
+        if c.sal and c.saliency == "probe":
+            student_depth = irkd.PRESETS[c.model]["depth"]
+            assert max(saliency_variants.probe_layers(student_depth)) < depth, name
+        else:
+            assert t.name == f"teacher_quick_p{c.patch_size}", name
+    assert experiments.configs_for("orig_teacher_small_p4", {"quick": True})[0].name == \
+        "teacher_quick_p4"
