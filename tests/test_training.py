@@ -773,3 +773,39 @@ def test_onecycle_torch_cycles_adamw_beta1_in_a_run(tmp_path, train_data, capsys
     assert ckpt["optimizer"]["param_groups"][0]["betas"][0] == pytest.approx(0.95)
     assert [row["lr"] for row in read_log(tmp_path / "t")] == pytest.approx(
         [train_lib.onecycle_torch_at(s, 4, 1e-3, 0.5)[0] for s in (1, 3)])
+
+
+# Oracle: the uninterrupted run. Stopped at the first step after a stage that patience ended
+# (its best not yet reloaded), the resumed run must reload it from checkpoint.pt and end with
+# the same weights, bit for bit.
+def test_cl_rule_resumes_at_the_stage_boundary(tmp_path, train_data, monkeypatch, capsys):
+    script = [50, 40, 30, 20, 10, 60, 20, 30, 40]      # as above: stage 0 stops after epoch 4
+
+    def scripted(values):
+        vals = iter(values)
+
+        def validate(model, d, res, cfg, test=False):
+            v = next(vals)
+            return dict(select_val=v, test_predictions=None, val_acc=v, val_heads={"cls": v},
+                        val_acc_32=v, val_heads_32={"cls": v}, test_heads_32=None)
+        return validate
+    kw = dict(epochs=10, patience=3, reload_best=True, select="last_stage_best")
+    monkeypatch.setattr(train_lib, "validate", scripted(script))
+    train_lib.train(small_cfg(tmp_path / "full", **kw), data=train_data)
+    real, calls = irkd.train_step, [0]
+
+    def interrupted(*a, **k):
+        calls[0] += 1
+        if calls[0] == 9:                                # epoch 6's first step (2 per epoch)
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(train_lib, "validate", scripted(script))   # one script for both starts
+    monkeypatch.setattr(irkd, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_lib.train(small_cfg(tmp_path / "cut", **kw), data=train_data)
+    monkeypatch.setattr(irkd, "train_step", real)
+    r = train_lib.train(small_cfg(tmp_path / "cut", **kw), data=train_data)
+    assert "after epoch 4/10" in capsys.readouterr().out
+    a = torch.load(tmp_path / "full" / "t" / "model.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "cut" / "t" / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a) and r["selected_epoch"] == 7
