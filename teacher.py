@@ -167,7 +167,7 @@ def ensure_teacher(cfg: RunConfig, data: dict | None = None):
     patch = cfg.teacher_patch or cfg.patch_size                        # the teacher's own grid
     tcfg = teacher_config(patch, quick=cfg.quick, base=cfg)            # the recipe of the default
     path = cfg.teacher or default_path(cfg)
-    expected = QUICK_PRESET if cfg.quick and not cfg.teacher else cfg.teacher_model
+    expected = tcfg.model if cfg.quick and not cfg.teacher else cfg.teacher_model
     if not cfg.teacher:
         # one process trains a missing teacher; another that needs it waits for it, then loads it
         with runs.exclusive(os.path.dirname(path) + ".lock", f"training {tcfg.name}"):
