@@ -42,10 +42,10 @@ def collect(out: str = "runs") -> dict[str, list[dict]]:
     return {k: list(v.values()) for k, v in groups.items()}
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], digits: int = 2) -> str:
     if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def selected(r: dict) -> str:
@@ -398,8 +398,38 @@ def study_report(out: str = "results/study") -> str:
                      f"{statistics.mean(r['a'] for r in rows):.2f} | "
                      f"{statistics.mean(r['b'] for r in rows):.2f} | "
                      f"{mean:+.2f} | {ci} | {', '.join(format(r['p'], '.2g') for r in rows)} |")
-    return "\n".join(lines + ["", by_resolution_table(groups), "", curriculum_cost(out), "",
-                               claims_table(out)])
+    return "\n".join(lines + ["", by_resolution_table(groups), "", teacher_fit_table(groups),
+                               "", curriculum_cost(out), "", claims_table(out)])
+
+
+def teacher_fit_table(groups: dict[str, list[dict]]) -> str:
+    """Exploratory (added after the conv-teacher arms ran; no verdict): how closely each
+    student follows a teacher. The KD term of the last training epoch (the dist head against
+    the teacher's softened logits, mean over the epoch's batches) and, on the 10,000 test
+    images, the share of final cls-head predictions equal to the conv teacher's (its
+    predictions.json; the ViT teacher's run kept none). CE shows what accuracy alone gives."""
+    conv = groups.get(STUDY_CONV_TEACHER.name, [])
+    t_pred = load_predictions(conv[0]["_dir"])["last"]["cls"] if conv else None
+    lines = ["| arm (teacher fit, exploratory) | seeds | KD term, last epoch (train) | "
+             "test predictions equal to the conv teacher's (%) |", "|---|---|---:|---:|"]
+    for name in [n for n in STUDY_ARMS if n in groups]:
+        rs = sorted(groups[name], key=lambda r: r["seed"])
+        kd = []
+        for r in rs:
+            if not os.path.exists(os.path.join(r["_dir"], "log.jsonl")):
+                continue
+            with open(os.path.join(r["_dir"], "log.jsonl")) as f:
+                epochs = [json.loads(line) for line in f if line.strip()]
+            if epochs and epochs[-1].get("kd"):
+                kd.append(epochs[-1]["kd"])
+        agree = []
+        for r in rs if t_pred else []:
+            pred = load_predictions(r["_dir"])["last"]["cls"]
+            agree.append(100 * sum(a == b for a, b in zip(pred, t_pred)) / len(t_pred))
+        lines.append(f"| {name} ({SETUP[name]}) | {','.join(str(r['seed']) for r in rs)} | "
+                     f"{mean_std(kd, 3) if kd else '–'} | "
+                     f"{mean_std(agree) if agree else '–'} |")
+    return "\n".join(lines)
 
 
 def by_resolution_table(groups: dict[str, list[dict]]) -> str:

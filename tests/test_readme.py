@@ -187,7 +187,7 @@ def test_readme_results_quote_the_generated_block():
     assert quoted <= numbers(block), quoted - numbers(block)
     # each claim row is a claim row of the block: paper, here and interval together
     rows = claim_figures(results, "| claim | paper | here |")
-    assert len(rows) == 5, rows
+    assert len(rows) == len(study.CLAIMS), rows                # one row per claim
     assert rows <= claim_figures(block, "| claim | size claimed"), \
         rows - claim_figures(block, "| claim | size claimed")
     # each arm quoted with its accuracy has that accuracy in the block

@@ -147,6 +147,21 @@ def test_study_report_pairs_by_seed(tmp_path):
     assert row == ["| KD - CE | 0,1 | " + " | ".join(["+30.00"] * 6) + " |"]
 
 
+# Oracle: by hand. The conv teacher predicts class 1 on all 10 images; KD's seed 0 does on 7
+# of them, seed 1 on 9 -> 70 % and 90 % equal, 80.00 ± 14.14; the last epoch's KD term 0.2 and
+# 0.4 -> 0.300 ± 0.141 (the first epoch's 0.5 is not read); CE has no KD term.
+def test_teacher_fit_reads_the_last_kd_term_and_agreement_with_the_conv_teacher(tmp_path):
+    fake_study_run(tmp_path, study.STUDY_CONV_TEACHER.name, 0, 10)
+    for seed, (right, kd) in enumerate([(7, 0.2), (9, 0.4)]):
+        fake_study_run(tmp_path, "study_kd", seed, right)
+        log = tmp_path / ("study_kd" if seed == 0 else f"study_kd-seed{seed}") / "log.jsonl"
+        log.write_text(json.dumps(dict(epoch=1, kd=0.5)) + "\n" + json.dumps(dict(epoch=2, kd=kd)))
+    fake_study_run(tmp_path, "study_ce", 0, 5)
+    text = study.teacher_fit_table(study.collect(str(tmp_path)))
+    assert "| study_kd (KD) | 0,1 | 0.300 ± 0.141 | 80.00 ± 14.14 |" in text
+    assert "| study_ce (CE) | 0 | – | 50.00 |" in text
+
+
 # Oracle: a textbook t-table, two-sided 95 % (t(0.975, df) for df = 1..10, to 3 decimals).
 # Differences with mean 100 and sample sd 100 sqrt(n) have standard error 100, so verdict's
 # interval is [100 - 100 t, 100 + 100 t]: its printed ends give t to 0.0006 (the table's own
