@@ -199,14 +199,15 @@ def verdict(diffs: list[float], paper: float | None) -> tuple[str, str]:
     mean, half = statistics.mean(diffs), t_quantile(0.975, n - 1) * se
     lo, hi = mean - half, mean + half
     interval = f"[{lo:+.2f}, {hi:+.2f}]"
+    # the paper's size beside the verdict: an interval entirely below it says so
+    smaller = (f"; smaller than the paper's {paper:+.2f}" if paper is not None and hi < paper
+               else "")
     if lo > 0:
-        return interval, "holds"
+        return interval, "holds" + smaller
     if hi < 0:
         return interval, "does not hold: the other way round"
     if paper is not None and hi < paper / 5:
         return interval, f"does not hold at the paper's size: at most {hi:+.2f}"
-    smaller = (f"; smaller than the paper's {paper:+.2f}" if paper is not None and hi < paper
-               else "")
     return interval, (f"not resolved at this power (half-width ±{half:.2f}; {n} seeds detect "
                       f"{detectable(se, n):.2f} with 80 % power){smaller}")
 

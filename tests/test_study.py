@@ -206,6 +206,17 @@ def test_verdict_rule(diffs, paper, interval, expected):
     assert got_interval == interval
 
 
+# The paper's size beside the verdict: [+0.65, +1.41] lies entirely below 8 ("holds", and
+# smaller than the paper's) but not below 1; [-3.13, +4.46] includes 0 and lies below 8
+# (not resolved, smaller than the paper's) but not below 4; with no size given nothing is added.
+def test_verdict_says_when_the_interval_lies_below_the_papers_size():
+    assert study.verdict([1.0, 1.2, 0.9], 8.0)[1] == "holds; smaller than the paper's +8.00"
+    assert study.verdict([1.0, 1.2, 0.9], 1.0)[1] == "holds"
+    assert study.verdict([1.0, 1.2, 0.9], None)[1] == "holds"
+    assert study.verdict([2.0, -1.0, 1.0], 8.0)[1].endswith("; smaller than the paper's +8.00")
+    assert "smaller" not in study.verdict([2.0, -1.0, 1.0], 4.0)[1]
+
+
 def test_cell_report_puts_paper_replay_and_default_side_by_side(tmp_path):
     for name, acc, quick in (("orig_custom_p2_ce", 30.0, True), ("custom_p2_ce", 61.0, False)):
         d = tmp_path / ("quick" if quick else "") / name
