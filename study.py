@@ -399,8 +399,23 @@ def study_report(out: str = "results/study") -> str:
                      f"{statistics.mean(r['a'] for r in rows):.2f} | "
                      f"{statistics.mean(r['b'] for r in rows):.2f} | "
                      f"{mean:+.2f} | {ci} | {', '.join(format(r['p'], '.2g') for r in rows)} |")
-    return "\n".join(lines + ["", by_resolution_table(groups), "", teacher_fit_table(groups),
+    return "\n".join(lines + ["", per_seed_table(groups), "", by_resolution_table(groups), "",
+                               teacher_fit_table(groups),
                                "", curriculum_cost(out), "", claims_table(out)])
+
+
+def per_seed_table(groups: dict[str, list[dict]]) -> str:
+    """Each arm's primary number (cls head, 32 px, final weights) seed by seed, and the
+    seconds each run trained (two runs sharing the CPU: indicative only)."""
+    seeds = sorted({r["seed"] for n in STUDY_ARMS for r in groups.get(n, [])})
+    lines = ["| arm, per seed: cls 32 px % (train s) | " + " | ".join(f"seed {s}" for s in seeds)
+             + " |", "|---|" + "---:|" * len(seeds)]
+    for name in [n for n in STUDY_ARMS if n in groups]:
+        by_seed = {r["seed"]: r for r in groups[name]}
+        lines.append(f"| {name} | " + " | ".join(
+            f"{final_heads(by_seed[s])['cls']['32']:.2f} ({by_seed[s]['train_s']:.0f})"
+            if s in by_seed else "–" for s in seeds) + " |")
+    return "\n".join(lines)
 
 
 def teacher_fit_table(groups: dict[str, list[dict]]) -> str:

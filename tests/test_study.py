@@ -145,6 +145,9 @@ def test_study_report_pairs_by_seed(tmp_path):
     # every resolution: fake_study_run gives each the same accuracy, so +30.00 at all six
     row = [line for line in text.splitlines() if line.startswith("| KD - CE |")]
     assert row == ["| KD - CE | 0,1 | " + " | ".join(["+30.00"] * 6) + " |"]
+    # seed by seed: KD+CL ran seed 0 only
+    assert "| study_kd | 70.00 (1) | 80.00 (1) |" in text
+    assert "| study_kd_cl | 90.00 (1) | – |" in text
 
 
 # Oracle: by hand. The conv teacher predicts class 1 on all 10 images; KD's seed 0 does on 7
