@@ -51,6 +51,9 @@ class Recipe:
     teacher_patch: int = spec(0, "[0, 32]")      # 0 = the student's
     teacher_recipe: str = spec("default", ("default", "original"))  # "original": the notebooks'
     teacher_epochs: int = spec(135, "[1, inf)")
+    # the teacher's logits averaged over the view and its mirror image (test-time flip, as
+    # airbench tests its nets): a stronger teacher for twice its forward pass (teacher.py)
+    teacher_flip: bool = False
     # the original notebooks' protocol
     resize_mode: str = spec("resize", ("resize", "crop"))     # "crop": the original curriculum
     augment: str = spec("crop_flip", ("crop_flip", "crop_flip_aa", "none"))  # _aa: AutoAugment
@@ -107,6 +110,9 @@ class RunConfig(runs.RunOptions, Recipe, irkd.Config):
         if self.teacher_model in convnet.CONV_PRESETS and self.sal:
             raise ValueError(f"sal=True reads the teacher's attention; teacher_model="
                              f"{self.teacher_model!r} has none: use sal=False or a ViT teacher")
+        if self.teacher_flip and self.sal:
+            raise ValueError("teacher_flip=True averages the teacher's logits over two views; "
+                             "the saliency term reads one view's attention: use sal=False")
         if self.teacher_model in convnet.CONV_PRESETS and self.teacher_recipe != "default":
             raise ValueError(f"teacher_recipe={self.teacher_recipe!r} is the notebooks' ViT "
                              f"recipe; teacher_model={self.teacher_model!r} has its own "
@@ -405,7 +411,8 @@ def test_all(model: nn.Module, best_state: dict | None, d: dict, cfg: RunConfig)
 def saliency_snapshot(model: nn.Module, teacher: nn.Module | None, images: torch.Tensor, res: int,
                       teacher_res: str) -> dict | None:
     """Rollout maps of the student (and teacher) for a fixed handful of images, for plots.py.
-    A ConvNet has no attention: None for a ConvNet model, no map for a ConvNet teacher."""
+    A ConvNet has no attention: None for a ConvNet model, no map for a teacher that is not a
+    ViT."""
     if isinstance(model, convnet.ConvNet):
         return None
     was_training = model.training
@@ -415,7 +422,8 @@ def saliency_snapshot(model: nn.Module, teacher: nn.Module | None, images: torch
     # clone: a map is a view of its (B, N, N) flow, which torch.save would store whole
     snap = dict(res=res, student=irkd.attention_rollout(attn, num_prefix=model.num_prefix)
                 .cpu().clone())
-    if teacher is not None and not isinstance(teacher, convnet.ConvNet):
+    if teacher is not None and hasattr(teacher, "num_prefix"):   # a ViT: a ConvNet or a
+        # flip-averaged teacher (teacher.FlipAveraged) has no one attention map
         _, t_attn = teacher(irkd.resize(x, 32 if teacher_res == "full" else res), return_attn=True)
         snap["teacher"] = irkd.attention_rollout(t_attn, num_prefix=teacher.num_prefix).cpu().clone()
     model.train(was_training)

@@ -267,3 +267,66 @@ def test_study_conv_arms_are_the_kd_arms_with_the_conv_teacher():
     assert t.name == "teacher_conv_12ep" and E[t.name] is t and t.out == "results/study"
     assert experiments.STUDY_TEACHER.name == "teacher_custom_p4_30ep"       # unchanged
     assert experiments.GROUPS["study"][:2] == ["teacher_custom_p4_30ep", "teacher_conv_12ep"]
+
+
+# ----------------------------------------------------------------------------- the flip average
+
+def test_flip_averaged_teacher_is_the_mean_over_mirror_images():
+    teacher = tiny_convnet().eval()
+    teacher.logit_scale = 1e4             # untrained logits are ~1e-5: make them tell apart
+    x = torch.randn(6, 3, 32, 32)
+    mirror = x[..., torch.arange(31, -1, -1)]                  # columns reversed by indexing
+    with torch.no_grad():
+        want = (teacher(x) + teacher(mirror)) / 2               # two separate calls
+        got = teacher_lib.FlipAveraged(teacher)(x)
+        again = teacher_lib.FlipAveraged(teacher)(mirror)
+    assert got.shape == (6, 10)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-3)
+    assert torch.allclose(again, got, rtol=1e-5, atol=1e-3)    # a mirror image: the same logits
+    assert (teacher(x) - want).abs().max() > 0.1 * want.abs().max()   # not one view's logits
+
+
+def test_ensure_teacher_with_flip_records_the_averaged_accuracy(tmp_path, tiny_preset):
+    path = str(tmp_path / "t" / "model.pt")
+    saved = save_conv_checkpoint(path).eval()
+    cfg = train_lib.RunConfig(kd=True, teacher_model="conv", teacher_res="full", teacher=path,
+                              teacher_flip=True, test_size=40, out=str(tmp_path))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (50, 3, 32, 32), generator=g, dtype=torch.uint8)
+    with torch.no_grad():                                      # the oracle: the first 40 images
+        xs = irkd.normalize(x[:40].float() / 255)
+        pred = (saved(xs) + saved(xs.flip(3))).argmax(1)
+    y = pred.clone()
+    y[:10] = (y[:10] + 1) % 10                                  # 30 of 40 right: 75 %
+    data = dict(test_x=x, test_y=torch.cat([y, torch.zeros(10, dtype=torch.long)]))
+    model, info = teacher_lib.ensure_teacher(cfg, data)
+    assert isinstance(model, teacher_lib.FlipAveraged) and info["flip"]
+    assert info["test_acc_flip"] == 75.0 and info["test_acc"] == 90.0     # the saved one alone
+    _, plain = teacher_lib.ensure_teacher(dataclasses.replace(cfg, teacher_flip=False), data)
+    assert "flip" not in plain and "test_acc_flip" not in plain
+
+
+def test_a_kd_run_with_a_flip_averaged_teacher(tmp_path, train_data):
+    # a ViT teacher wrapped: the run must not read attention maps from the average
+    cfg = small_cfg(tmp_path, name="kdflip", kd=True, teacher_flip=True)
+    teacher = teacher_lib.FlipAveraged(tiny_vit(4))
+    results = train_lib.train(cfg, teacher=teacher, data=train_data)
+    assert {"cls", "dist", "avg"} <= set(results["heads"])
+    assert all(r["kd"] > 0 for r in read_log(tmp_path / "kdflip"))
+    snaps = torch.load(tmp_path / "kdflip" / "saliency.pt", weights_only=False)["stages"]
+    assert all("student" in s and "teacher" not in s for s in snaps)
+
+
+def test_flip_and_saliency_are_refused_together():
+    cfg = train_lib.RunConfig(kd=True, cl=True, sal=True, teacher_flip=True)
+    with pytest.raises(ValueError, match="teacher_flip=True .* use sal=False"):
+        cfg.check()
+
+
+def test_study_flip_arms_are_the_conv_arms_with_the_flip():
+    E = experiments.EXPERIMENTS
+    for arm, base in (("study_kd_convflip", "study_kd_conv"),
+                      ("study_kd_cl_convflip", "study_kd_cl_conv")):
+        assert E[arm] == dataclasses.replace(E[base], name=arm, teacher_flip=True)
+        assert arm in experiments.STUDY_ARMS
+        assert teacher_lib.default_path(E[arm]) == teacher_lib.default_path(E[base])  # one teacher

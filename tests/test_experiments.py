@@ -65,6 +65,7 @@ LISTED = {
     "study_kd": ("custom", 4, "–"), "study_kd_cl": ("custom", 4, "–"),
     "study_kd_cl_sal": ("custom", 4, "–"), "teacher_custom_p4_30ep": ("custom", 4, "–"),
     "study_kd_conv": ("custom", 4, "–"), "study_kd_cl_conv": ("custom", 4, "–"),
+    "study_kd_convflip": ("custom", 4, "–"), "study_kd_cl_convflip": ("custom", 4, "–"),
     "teacher_conv_12ep": ("conv", 4, "–"),
     "tiny_p4_kd_cl_sal_fullres": ("tiny", 4, "–"), "tiny_p4_kd_cl_sal_carryopt": ("tiny", 4, "–"),
     "tiny_p4_kd_cl_sal_grad": ("tiny", 4, "–"),
