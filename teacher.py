@@ -227,10 +227,11 @@ def ensure_teacher(cfg: RunConfig, data: dict | None = None):
     if cfg.teacher_flip:
         # the teacher the student reads, measured as the student will be: the (subset of the)
         # test set at 32 px, on the run's device
-        model = FlipAveraged(model).to(runs.pick_device(cfg.device))
+        device = runs.pick_device(cfg.device)
+        model = FlipAveraged(model).to(device)
         d = data if data is not None else data_lib.load_cifar10(cfg.data)
-        n = cfg.test_size or len(d["test_x"])
-        x, y = (d[k][:n].to(runs.pick_device(cfg.device)) for k in ("test_x", "test_y"))
+        n = cfg.test_size or len(d["test_x"])                   # 0: all 10,000
+        x, y = (d[k][:n].to(device) for k in ("test_x", "test_y"))
         info |= dict(flip=True, test_acc_flip=irkd.evaluate(model, x, y, 32)["cls"])
     return model, info
 
