@@ -165,6 +165,23 @@ def test_teacher_fit_reads_the_last_kd_term_and_agreement_with_the_conv_teacher(
     assert "| study_ce (CE) | 0 | – | 50.00 |" in text
 
 
+# Oracle: the accuracy each flip run recorded, written by the test; the row comes right after
+# the conv teacher's own, and not at all without a flip run.
+def test_the_flip_averaged_teacher_row_reads_what_the_flip_runs_measured(tmp_path):
+    fake_study_run(tmp_path, study.STUDY_CONV_TEACHER.name, 0, 9)
+    fake_study_run(tmp_path, "study_kd_conv", 0, 6)
+    assert "flip-averaged (teacher.FlipAveraged)" not in study.study_report(str(tmp_path))
+    fake_study_run(tmp_path, "study_kd_convflip", 0, 7)
+    path = tmp_path / "study_kd_convflip" / "results.json"
+    r = json.loads(path.read_text())
+    path.write_text(json.dumps(r | dict(teacher=dict(flip=True, test_acc_flip=91.25))))
+    lines = study.study_report(str(tmp_path)).splitlines()
+    i = next(i for i, line in enumerate(lines) if line.startswith("| teacher_conv_12ep ("))
+    assert lines[i + 1].startswith("| teacher_conv_12ep, flip-averaged (teacher.FlipAveraged) "
+                                   "| – | 91.25 |")
+    assert len(lines[i + 1].split("|")) == len(lines[i].split("|"))     # as many columns
+
+
 # Oracle: a textbook t-table, two-sided 95 % (t(0.975, df) for df = 1..10, to 3 decimals).
 # Differences with mean 100 and sample sd 100 sqrt(n) have standard error 100, so verdict's
 # interval is [100 - 100 t, 100 + 100 t]: its printed ends give t to 0.0006 (the table's own
