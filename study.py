@@ -423,8 +423,9 @@ def flip_teacher_rows(groups: dict[str, list[dict]], n_res: int) -> list[str]:
                    if (r.get("teacher") or {}).get("flip")})
     if not accs:
         return []
-    return [f"| {STUDY_CONV_TEACHER.name}, flip-averaged (teacher.FlipAveraged) | – | "
-            f"{'/'.join(f'{a:.2f}' for a in accs)} | – | – |" + " – |" * n_res + " – | – |"]
+    name = f"{STUDY_CONV_TEACHER.name} (teacher (conv), flip-averaged: teacher.FlipAveraged)"
+    return [f"| {name} | – | {'/'.join(f'{a:.2f}' for a in accs)} | – | – |"
+            + " – |" * n_res + " – | – |"]
 
 
 def per_seed_table(groups: dict[str, list[dict]]) -> str:

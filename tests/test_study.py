@@ -170,15 +170,16 @@ def test_teacher_fit_reads_the_last_kd_term_and_agreement_with_the_conv_teacher(
 def test_the_flip_averaged_teacher_row_reads_what_the_flip_runs_measured(tmp_path):
     fake_study_run(tmp_path, study.STUDY_CONV_TEACHER.name, 0, 9)
     fake_study_run(tmp_path, "study_kd_conv", 0, 6)
-    assert "flip-averaged (teacher.FlipAveraged)" not in study.study_report(str(tmp_path))
+    assert "flip-averaged: teacher.FlipAveraged" not in study.study_report(str(tmp_path))
     fake_study_run(tmp_path, "study_kd_convflip", 0, 7)
     path = tmp_path / "study_kd_convflip" / "results.json"
     r = json.loads(path.read_text())
     path.write_text(json.dumps(r | dict(teacher=dict(flip=True, test_acc_flip=91.25))))
     lines = study.study_report(str(tmp_path)).splitlines()
-    i = next(i for i, line in enumerate(lines) if line.startswith("| teacher_conv_12ep ("))
-    assert lines[i + 1].startswith("| teacher_conv_12ep, flip-averaged (teacher.FlipAveraged) "
-                                   "| – | 91.25 |")
+    i = next(i for i, line in enumerate(lines)
+             if line.startswith("| teacher_conv_12ep (teacher (conv)) "))
+    assert lines[i + 1].startswith("| teacher_conv_12ep (teacher (conv), flip-averaged: "
+                                   "teacher.FlipAveraged) | – | 91.25 |")
     assert len(lines[i + 1].split("|")) == len(lines[i].split("|"))     # as many columns
 
 
