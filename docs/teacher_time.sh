@@ -16,7 +16,7 @@ if [ ! -e "$out/teacher_conv_12ep/results.json" ]; then
     --out="$out"
 fi
 .venv/bin/python - "$out/teacher_conv_12ep" results/study/teacher_conv_12ep <<'PY'
-import json, sys, torch
+import json, sys
 import data as data_lib, irkd, teacher, train
 
 d = data_lib.load_cifar10("data")
@@ -27,8 +27,8 @@ for run in sys.argv[1:]:
     log = [json.loads(line) for line in open(f"{run}/log.jsonl")]
     secs, ips = [e["seconds"] for e in log], [e["images_per_s"] for e in log]
     model, _ = train.load_model(f"{run}/model.pt")
-    with torch.no_grad():   # the teacher the flip arms read: its logits averaged with the mirror's
-        flip = irkd.evaluate(teacher.FlipAveraged(model), d["test_x"], d["test_y"], 32)["cls"]
+    # the teacher the flip arms read: its logits averaged with the mirror image's
+    flip = irkd.evaluate(teacher.FlipAveraged(model), d["test_x"], d["test_y"], 32)["cls"]
     print(f"{run:34s} {r['device']:24s} {r['train_s']:8.0f} {min(secs):6.0f}-{max(secs):<6.0f} "
           f"{min(ips):4.0f}-{max(ips):<4.0f} {r['test_acc']:7.2f} {flip:7.2f}")
 PY
